@@ -1,0 +1,54 @@
+# convserve: the README's commands. `make run` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODELS_DIR ?= models
+MODEL ?= fashion
+# Debian packages the project needs: the real dataset.
+APT_PACKAGES := dataset-fashion-mnist
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: install system-packages run train test lint format clean
+
+install: system-packages $(VENV)/.installed
+
+system-packages:
+	@missing="$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
+	fi
+
+# Reinstalled when the dependencies change; constraints.txt pins every version we test with.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,serve,dev]'
+	touch $@
+
+# Train the default model if there is none yet (the gRPC server arrives with the next issue).
+run: install
+	@if ! ls -d $(MODELS_DIR)/*/[0-9]* >/dev/null 2>&1; then \
+		$(BIN)/convserve train --preset seed --name $(MODEL) --models-dir $(MODELS_DIR); \
+	else \
+		echo "models present: $$(ls -d $(MODELS_DIR)/*/[0-9]* | tr '\n' ' ')"; \
+	fi
+
+train: install
+	$(BIN)/convserve train --preset seed --name $(MODEL) --models-dir $(MODELS_DIR)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
