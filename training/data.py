@@ -1,4 +1,4 @@
-"""Fashion-MNIST from local IDX files: Debian's dataset-fashion-mnist or the Keras cache. Never downloads."""
+"""Fashion-MNIST from local IDX files: Debian's dataset-fashion-mnist or the Keras cache."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def _has_split(directory: Path, split: str) -> bool:
 
 
 def find_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The directory holding the IDX files: `data_dir` if given, else Debian's, else Keras's cache."""
+    """Where the IDX files are: `data_dir` if given, else Debian's, else the Keras cache."""
     if data_dir is not None:
         path = Path(data_dir)
         if not _has_split(path, "train") and not _has_split(path, "test"):

@@ -24,8 +24,20 @@ __all__ = [
 ]
 
 ACTIVATIONS = frozenset(
-    {"relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "tanh", "sigmoid",
-     "softplus", "linear"}
+    {
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "elu",
+        "selu",
+        "gelu",
+        "silu",
+        "swish",
+        "tanh",
+        "sigmoid",
+        "softplus",
+        "linear",
+    }
 )
 HEADS = ("flatten", "global_avg")
 
@@ -199,7 +211,9 @@ def infer_shapes(config: ModelConfig, n_classes: int) -> list[LayerShape]:
         n = counts.get("conv2d", 0)
         where = f"conv layer {index} ({'conv2d' if n == 0 else f'conv2d_{n}'})"
         _check_conv(where, conv, height, width)
-        height = output_size(height, conv.kernel_size, conv.strides, conv.padding, conv.dilation_rate)
+        height = output_size(
+            height, conv.kernel_size, conv.strides, conv.padding, conv.dilation_rate
+        )
         width = output_size(width, conv.kernel_size, conv.strides, conv.padding, conv.dilation_rate)
         channels = conv.filters
         add(
@@ -215,7 +229,9 @@ def infer_shapes(config: ModelConfig, n_classes: int) -> list[LayerShape]:
                     f"{where}: pool size {conv.pool_size} does not fit its {height}x{width} output"
                 )
             height, width = height // conv.pool_size, width // conv.pool_size
-            add("MaxPooling2D", "max_pooling2d", (height, width, channels), pool_size=conv.pool_size)
+            add(
+                "MaxPooling2D", "max_pooling2d", (height, width, channels), pool_size=conv.pool_size
+            )
         if conv.dropout:
             add("Dropout", "dropout", (height, width, channels), rate=conv.dropout)
 
@@ -258,7 +274,11 @@ def _check_conv(where: str, conv: ConvLayer, height: int, width: int) -> None:
         )
     k_eff = effective_kernel(conv.kernel_size, conv.dilation_rate)
     if conv.padding == "valid" and k_eff > min(height, width):
-        span = f" (spans {k_eff} with dilation {conv.dilation_rate})" if k_eff > conv.kernel_size else ""
+        span = (
+            f" (spans {k_eff} with dilation {conv.dilation_rate})"
+            if k_eff > conv.kernel_size
+            else ""
+        )
         raise ConfigError(
             f"{where}: kernel {conv.kernel_size}{span} is larger than its "
             f"{height}x{width} input with padding 'valid'"
@@ -274,7 +294,8 @@ def build_model(config: ModelConfig, n_classes: int) -> keras.Model:
     for layer in infer_shapes(config, n_classes):
         x = getattr(keras.layers, layer.kind)(name=layer.name, **layer.options)(x)
         if tuple(x.shape[1:]) != layer.output_shape:
+            built = tuple(x.shape[1:])
             raise ConfigError(
-                f"{layer.name}: Keras built {tuple(x.shape[1:])}, the formula says {layer.output_shape}"
+                f"{layer.name}: Keras built {built}, the formula says {layer.output_shape}"
             )
     return keras.Model(inputs, x, name="convserve")

@@ -32,10 +32,10 @@ __all__ = [
     "MODEL_FILE",
     "ExportError",
     "TrainResult",
+    "check_name",
     "describe_layers",
     "export",
     "fit",
-    "check_name",
     "preprocess",
     "sha256_file",
     "train",
@@ -71,13 +71,17 @@ def preprocess(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) * np.float32(PIXEL_SCALE))[..., np.newaxis]
 
 
-def fit(config: TrainConfig, *, data_dir: str | None = None, verbose: int | None = None) -> TrainResult:
+def fit(
+    config: TrainConfig, *, data_dir: str | None = None, verbose: int | None = None
+) -> TrainResult:
     """Train on the training split (validation_split held out), then evaluate on the test split.
 
     The same config (seed included) on the same machine gives the same weights and accuracy.
     """
     infer_shapes(config.model, len(data.resolve_classes(config.classes)))  # fail before loading
-    train_set = data.load("train", data_dir=data_dir, classes=config.classes, limit=config.train_limit)
+    train_set = data.load(
+        "train", data_dir=data_dir, classes=config.classes, limit=config.train_limit
+    )
     test_set = data.load("test", data_dir=data_dir, classes=config.classes, limit=config.test_limit)
 
     import keras
@@ -191,7 +195,9 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def build_metadata(result: TrainResult, name: str, version: int, model_path: Path) -> dict[str, Any]:
+def build_metadata(
+    result: TrainResult, name: str, version: int, model_path: Path
+) -> dict[str, Any]:
     """The self-description a server needs to serve the model and a person needs to trust it."""
     config = result.config
     return {

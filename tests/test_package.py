@@ -1,0 +1,41 @@
+"""The public surface of each package, and the client's promise not to need TensorFlow."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+PUBLIC = {
+    "training": ["data", "model", "reference", "train"],
+}
+
+
+@pytest.mark.parametrize("package", sorted(PUBLIC))
+def test_all_is_explicit(package: str) -> None:
+    assert sorted(importlib.import_module(package).__all__) == PUBLIC[package]
+
+
+@pytest.mark.parametrize(
+    "module", ["training.data", "training.model", "training.reference", "training.train"]
+)
+def test_every_name_in_all_exists(module: str) -> None:
+    imported = importlib.import_module(module)
+    assert imported.__all__, module
+    for name in imported.__all__:
+        assert hasattr(imported, name), f"{module}.{name}"
+
+
+def test_client_and_cli_help_do_not_import_tensorflow() -> None:
+    code = (
+        "import sys, client, client.cli\n"
+        "try:\n    client.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip().splitlines()[-1] == "False False"
+    assert "train" in completed.stdout

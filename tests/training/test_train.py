@@ -1,0 +1,130 @@
+"""Training on slices of the real data and the exported artifact the server will load."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training import data, train
+from training.model import PRESETS, ConvLayer, ModelConfig
+from training.reference import conv2d
+
+# A tiny model on a slice of the data: seconds, not minutes.
+SMALL = PRESETS["small"].replace(train_limit=2000, test_limit=500)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, train.TrainResult]:
+    models_dir = tmp_path_factory.mktemp("models")
+    config = SMALL.replace(classes=("Trouser", "Bag", "Sneaker"))
+    return train.train(config, name="fashion", models_dir=models_dir, verbose=0)
+
+
+def test_export_writes_a_versioned_artifact(exported: tuple[Path, train.TrainResult]) -> None:
+    path, _ = exported
+    assert path.name == "1" and path.parent.name == "fashion"
+    assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.keras"]
+    assert [p.name for p in path.parent.iterdir()] == ["1"]  # no staging dir left behind
+
+
+def test_metadata_describes_the_model(exported: tuple[Path, train.TrainResult]) -> None:
+    path, result = exported
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["name"] == "fashion" and meta["version"] == 1
+    assert meta["classes"] == ["Trouser", "Bag", "Sneaker"]
+    assert meta["input"] == {"name": "images", "shape": [28, 28, 1], "dtype": "float32"}
+    assert meta["preprocessing"]["scale"] == pytest.approx(1 / 255)
+    assert meta["training"]["config"]["classes"] == ["Trouser", "Bag", "Sneaker"]
+    assert meta["training"]["seed"] == SMALL.seed
+    assert meta["evaluation"]["test_accuracy"] == result.test_accuracy
+    assert meta["evaluation"]["test_examples"] == 500
+    assert meta["parameters"] == result.model.count_params()
+    assert meta["framework"]["tensorflow"] and meta["framework"]["keras"]
+    assert meta["model_file"]["sha256"] == train.sha256_file(path / "model.keras")
+    conv = meta["layers"][0]
+    assert conv == conv | {
+        "name": "conv2d", "type": "Conv2D", "filters": 4, "kernel_size": [3, 3], "strides": [2, 2],
+        "padding": "valid", "padding_amount": [[0, 0], [0, 0]], "dilation_rate": [1, 1],
+        "activation": "relu", "input_shape": [28, 28, 1], "output_shape": [13, 13, 4],
+    }  # fmt: skip
+    assert meta["layers"][-1]["output_shape"] == [3]
+
+
+def test_three_easy_classes_are_learned(exported: tuple[Path, train.TrainResult]) -> None:
+    # Trousers, bags and sneakers look nothing alike: even a tiny model separates them.
+    _, result = exported
+    assert result.test_accuracy > 0.9
+
+
+def test_reloaded_artifact_predicts_like_the_trained_model(
+    exported: tuple[Path, train.TrainResult],
+) -> None:
+    import keras
+
+    path, result = exported
+    images = train.preprocess(data.load("test", classes=result.class_names, limit=64).images)
+    reloaded = keras.models.load_model(path / "model.keras", compile=False)
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0), result.model.predict(images, verbose=0), atol=1e-6
+    )
+
+
+def test_first_conv_layer_computes_the_reference_convolution(
+    exported: tuple[Path, train.TrainResult],
+) -> None:
+    import keras
+
+    _, result = exported
+    images = train.preprocess(data.load("test", limit=8).images)
+    conv = result.model.get_layer("conv2d")
+    kernel, bias = conv.get_weights()
+    activations = keras.Model(result.model.input, conv.output).predict(images, verbose=0)
+    expected = np.maximum(conv2d(images, kernel, bias, strides=2), 0)
+    np.testing.assert_allclose(activations, expected, atol=1e-5)
+
+
+def test_versions_increase(tmp_path: Path) -> None:
+    result = train.fit(SMALL.replace(train_limit=200, test_limit=100), verbose=0)
+    first = train.export(result, tmp_path, "m")
+    second = train.export(result, tmp_path, "m")
+    assert (first.name, second.name) == ("1", "2")
+
+
+def test_same_seed_same_accuracy() -> None:
+    config = SMALL.replace(train_limit=1000, seed=3)
+    first, second = train.fit(config, verbose=0), train.fit(config, verbose=0)
+    assert first.test_accuracy == second.test_accuracy
+    np.testing.assert_array_equal(first.model.get_weights()[0], second.model.get_weights()[0])
+
+
+def test_failed_export_leaves_no_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = train.fit(SMALL.replace(train_limit=200, test_limit=100), verbose=0)
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train, "build_metadata", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train.export(result, tmp_path, "m")
+    assert os.listdir(tmp_path / "m") == []
+
+
+def test_bad_model_name_is_rejected_before_training(tmp_path: Path) -> None:
+    with pytest.raises(train.ExportError, match=r"model name '\.\./x'"):
+        train.train(SMALL, name="../x", models_dir=tmp_path)
+
+
+def test_padding_and_dilation_are_recorded(tmp_path: Path) -> None:
+    stack = (ConvLayer(2, 4, padding="same"), ConvLayer(2, 3, dilation_rate=2))
+    config = SMALL.replace(train_limit=200, test_limit=100, model=ModelConfig(conv=stack))
+    layers = train.describe_layers(train.fit(config, verbose=0).model)
+    assert layers[0]["padding_amount"] == [[1, 2], [1, 2]] and layers[0]["output_shape"] == [
+        28,
+        28,
+        2,
+    ]
+    assert layers[1]["dilation_rate"] == [2, 2] and layers[1]["output_shape"] == [24, 24, 2]
