@@ -9,7 +9,7 @@ MODEL ?= fashion
 APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install system-packages run train test lint format clean
+.PHONY: install system-packages run train test lint format clean proto
 
 install: system-packages $(VENV)/.installed
 
@@ -52,3 +52,15 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the committed gRPC stubs; tests/test_proto.py fails when they drift.
+PB_DIR ?= client/_pb
+PROTOS := $(shell find proto -name '*.proto' | sort)
+proto: install
+	rm -rf $(PB_DIR) && mkdir -p $(PB_DIR)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(PB_DIR) --pyi_out=$(PB_DIR) \
+		--grpc_python_out=$(PB_DIR) $(PROTOS)
+	# protoc writes absolute imports of the proto package; the stubs live under client._pb.
+	find $(PB_DIR) -name '*.py*' -exec sed -i -E \
+		's/^from (convserve\.v1|inference) import/from client._pb.\1 import/' {} +
+	find $(PB_DIR) -type d -exec touch {}/__init__.py \;

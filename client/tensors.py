@@ -1,0 +1,60 @@
+"""numpy ⇄ `convserve.v1.Tensor`: the one codec the client and the server both use."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from client._pb.convserve.v1 import convserve_pb2 as pb
+
+__all__ = ["DTYPES", "TensorError", "dtype_name", "from_tensor", "to_tensor"]
+
+# Wire dtypes and their little-endian numpy equivalents.
+DTYPES: dict[int, np.dtype[np.generic]] = {
+    pb.DATA_TYPE_UINT8: np.dtype("<u1"),
+    pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+}
+_CODES = {dtype: code for code, dtype in DTYPES.items()}
+
+
+class TensorError(ValueError):
+    """A tensor whose dtype, shape and bytes do not agree."""
+
+
+def dtype_name(code: int) -> str:
+    """`DATA_TYPE_UINT8` → `uint8`; unknown codes by number."""
+    try:
+        return pb.DataType.Name(code).removeprefix("DATA_TYPE_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return f"dtype {code}"
+
+
+def to_tensor(array: np.ndarray) -> pb.Tensor:
+    """Encode a uint8 or float32 array (any byte order, any strides)."""
+    dtype = array.dtype.newbyteorder("<")
+    code = _CODES.get(dtype)
+    if code is None:
+        raise TensorError(f"dtype {array.dtype} cannot be sent; expected uint8 or float32")
+    content = np.ascontiguousarray(array, dtype=dtype).tobytes()
+    return pb.Tensor(dtype=code, shape=array.shape, content=content)
+
+
+def from_tensor(tensor: pb.Tensor) -> np.ndarray:
+    """Decode without copying the bytes; the size is checked against shape × itemsize first.
+
+    The array is read-only: it views the message's bytes.
+    """
+    dtype = DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise TensorError(f"tensor dtype {dtype_name(tensor.dtype)} is not supported; expected uint8 or float32")
+    shape = tuple(tensor.shape)
+    if any(dim < 0 for dim in shape):
+        raise TensorError(f"tensor shape {list(shape)} has a negative dimension")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(tensor.content) != expected:
+        raise TensorError(
+            f"tensor content is {len(tensor.content)} bytes but shape {list(shape)} of "
+            f"{dtype_name(tensor.dtype)} needs {expected}"
+        )
+    return np.frombuffer(tensor.content, dtype=dtype).reshape(shape)

@@ -1,0 +1,99 @@
+"""The server's lifecycle: bind, load and warm every model, report SERVING; drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from client._pb.convserve.v1 import convserve_pb2 as pb
+from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from service.grpc.interceptors import ServiceInterceptor
+from service.grpc.servicer import ConvServeServicer
+from service.repository import Repository
+from service.settings import Settings
+
+__all__ = ["Server"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConvServe"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Server:
+    """`port = await server.start()` (models loaded and warm), then `await server.stop(grace)`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.repository = Repository(settings.models_dir, settings.default_model)
+        self.metrics_port: int | None = None
+        self._executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
+        self._health = health.aio.HealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics_server: Any = None
+
+    async def start(self) -> int:
+        """Bind and start answering (health NOT_SERVING), load every model, then report SERVING.
+
+        Returns the bound gRPC port. Health names: "" (the server), the service, each model.
+        """
+        started = time.perf_counter()
+        size = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[ServiceInterceptor()],
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+        )
+        pb_grpc.add_ConvServeServicer_to_server(
+            ConvServeServicer(self.repository, self._executor, self.settings.max_images), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        host = self.settings.host
+        address = f"[{host}]:{self.settings.port}" if ":" in host and not host.startswith("[") else f"{host}:{self.settings.port}"
+        port = server.add_insecure_port(address)
+        await self._set_health(NOT_SERVING, [])
+        await server.start()
+        self._grpc = server
+        self._start_metrics()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.repository.load_all)
+        names = self.repository.names
+        await self._set_health(SERVING if names else NOT_SERVING, names)
+        log.info(
+            "serving %s on %s (port %d) after %.2f s; metrics on port %s",
+            ", ".join(names) or "no models", address, port, time.perf_counter() - started, self.metrics_port,
+        )
+        return port
+
+    async def _set_health(self, status: int, models: list[str]) -> None:
+        for name in ("", SERVICE_NAME, *models):
+            await self._health.set(name, status)
+
+    def _start_metrics(self) -> None:
+        if self.settings.metrics_port < 0:
+            return
+        from prometheus_client import start_http_server
+
+        self._metrics_server, _ = start_http_server(self.settings.metrics_port, self.settings.metrics_host)
+        self.metrics_port = self._metrics_server.server_port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING at once, refuse new calls, let in-flight ones finish within `grace`."""
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.grace_seconds if grace is None else grace)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        log.info("stopped")

@@ -1,0 +1,145 @@
+"""convserve.v1.ConvServe: thin methods — decode, look up, await the model, encode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import Executor
+from typing import Any
+
+import grpc
+import numpy as np
+
+from client._pb.convserve.v1 import convserve_pb2 as pb
+from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from client.tensors import to_tensor
+from service.errors import InvalidInput
+from service.grpc.interceptors import answered_by
+from service.images import decode_files, from_images, is_encoded
+from service.model import Model
+from service.repository import Repository
+
+__all__ = ["ConvServeServicer", "layer_message"]
+
+DEFAULT_TOP_K = 3
+
+
+class ConvServeServicer(pb_grpc.ConvServeServicer):
+    """TensorFlow runs in `executor`'s threads; the event loop only decodes and encodes."""
+
+    def __init__(self, repository: Repository, executor: Executor, max_images: int) -> None:
+        self._repository = repository
+        self._executor = executor
+        self._max_images = max_images
+
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        model = self._model(request.model)
+        if request.top_k < 0:
+            raise InvalidInput(f"top_k must be >= 0 (0 means {DEFAULT_TOP_K}), got {request.top_k}")
+        pixels = await self._pixels(request.images, model)
+        probabilities = await self._run(model.predict, pixels)
+        return predict_response(model, probabilities, request.top_k or DEFAULT_TOP_K)
+
+    async def FeatureMap(
+        self, request: pb.FeatureMapRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FeatureMapResponse:
+        model = self._model(request.model)
+        layer = request.layer or model.default_layer
+        model.check_layer(layer)
+        pixels = await self._pixels(request.images, model)
+        activations, pre = await self._run(
+            lambda: model.feature_map(pixels, layer, pre_activation=request.include_pre_activation)
+        )
+        return pb.FeatureMapResponse(
+            model=pb.ModelSpec(name=model.name, version=model.version),
+            layer=layer_message(model.layers[layer]),
+            activations=to_tensor(activations),
+            pre_activations=to_tensor(pre) if pre is not None else None,
+        )
+
+    async def GetModelMetadata(
+        self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadata:
+        return metadata_message(self._model(request.model), self._repository)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelSummary(
+                    name=status.name, versions=status.versions, latest_version=max(status.versions),
+                    is_default=status.is_default, class_names=status.class_names,
+                )  # fmt: skip
+                for status in self._repository.status()
+            ]
+        )
+
+    def _model(self, spec: pb.ModelSpec) -> Model:
+        model = self._repository.get(spec.name, spec.version)
+        answered_by.set((model.name, str(model.version)))
+        return model
+
+    async def _pixels(self, images: pb.Images, model: Model) -> np.ndarray:
+        if is_encoded(images):
+            return await self._run(decode_files, list(images.encoded.files), model.input_shape, self._max_images)
+        return from_images(images, model.input_shape, self._max_images)
+
+    async def _run(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+
+def predict_response(model: Model, probabilities: np.ndarray, top_k: int) -> pb.PredictResponse:
+    top_k = min(top_k, len(model.class_names))
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    names = model.class_names
+    return pb.PredictResponse(
+        model=pb.ModelSpec(name=model.name, version=model.version),
+        probabilities=to_tensor(probabilities),
+        predictions=[
+            pb.Prediction(
+                top=[pb.ClassScore(index=int(i), name=names[i], score=float(row[i])) for i in indices]
+            )
+            for row, indices in zip(probabilities, best, strict=True)
+        ],
+        class_names=names,
+    )
+
+
+def layer_message(layer: dict[str, Any]) -> pb.Layer:
+    """A metadata.json layer entry as a `Layer` message."""
+    message = pb.Layer(
+        name=layer["name"],
+        type=layer["type"],
+        input_shape=layer["input_shape"],
+        output_shape=layer["output_shape"],
+        parameters=layer["parameters"],
+    )
+    if layer["type"] == "Conv2D":
+        message.filters = layer["filters"]
+        message.kernel_size.extend(layer["kernel_size"])
+        message.strides.extend(layer["strides"])
+        message.padding = layer["padding"]
+        message.padding_amount.extend(np.ravel(layer["padding_amount"]).tolist())
+        message.dilation_rate.extend(layer["dilation_rate"])
+        message.activation = layer["activation"]
+    return message
+
+
+def metadata_message(model: Model, repository: Repository) -> pb.ModelMetadata:
+    meta = model.metadata
+    evaluation = meta.get("evaluation", {})
+    return pb.ModelMetadata(
+        model=pb.ModelSpec(name=model.name, version=model.version),
+        versions=repository.versions(model.name),
+        class_names=model.class_names,
+        input=pb.InputSpec(name=meta["input"]["name"], shape=model.input_shape, dtype=pb.DATA_TYPE_FLOAT32),
+        preprocessing_scale=meta["preprocessing"]["scale"],
+        preprocessing_offset=meta["preprocessing"]["offset"],
+        layers=[layer_message(layer) for layer in meta["layers"]],
+        parameters=meta.get("parameters", 0),
+        test_accuracy=evaluation.get("test_accuracy", 0.0),
+        test_loss=evaluation.get("test_loss", 0.0),
+        created_at=meta.get("created_at", ""),
+        metadata_json=json.dumps(meta),
+    )

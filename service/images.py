@@ -1,0 +1,79 @@
+"""Request images → the float32 pixel batch a model takes, with a clear error for anything else."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from client._pb.convserve.v1 import convserve_pb2 as pb
+from client.tensors import TensorError, from_tensor
+from service.errors import InvalidInput
+
+__all__ = ["decode_files", "from_images", "is_encoded"]
+
+
+def is_encoded(images: pb.Images) -> bool:
+    return images.WhichOneof("source") == "encoded"
+
+
+def from_images(images: pb.Images, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
+    """The raw tensor path: uint8/float32 [N, H, W], [N, H, W, C] or [N, H*W*C] → float32 [N, H, W, C].
+
+    Cheap (numpy only): safe on the event loop. Encoded files go through `decode_files`.
+    """
+    source = images.WhichOneof("source")
+    if source is None:
+        raise InvalidInput("no images: set images.tensor (uint8 or float32 pixels) or images.encoded (PNG/JPEG files)")
+    if source == "encoded":
+        raise AssertionError("encoded images are decoded by decode_files")
+    try:
+        array = from_tensor(images.tensor)
+    except TensorError as exc:
+        raise InvalidInput(str(exc)) from None
+    height, width, channels = shape
+    accepted = {(height, width), (height, width, channels), (height * width * channels,)}
+    if channels == 1:
+        accepted.add((height, width, 1))
+    if array.ndim < 2 or array.shape[1:] not in accepted:
+        raise InvalidInput(
+            f"images tensor has shape {list(array.shape)}; expected [N, {height}, {width}], "
+            f"[N, {height}, {width}, {channels}] or [N, {height * width * channels}]"
+        )
+    _check_count(array.shape[0], max_images)
+    pixels = array.reshape(array.shape[0], *shape).astype(np.float32, copy=False)
+    if pixels.dtype == array.dtype and not np.isfinite(pixels).all():
+        bad = int(np.flatnonzero(~np.isfinite(pixels).reshape(len(pixels), -1).all(axis=1))[0])
+        raise InvalidInput(f"image {bad} has NaN or infinite pixels; expected finite values 0..255")
+    return pixels
+
+
+def decode_files(files: list[bytes], shape: tuple[int, int, int], max_images: int) -> np.ndarray:
+    """PNG/JPEG files → float32 [N, H, W, C]: decoded, converted to grayscale, size checked.
+
+    Runs TensorFlow: call it from a worker thread, not the event loop.
+    """
+    import tensorflow as tf
+
+    _check_count(len(files), max_images)
+    height, width, channels = shape
+    decoded = []
+    for index, data in enumerate(files):
+        if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
+            raise InvalidInput(f"image {index}: not a PNG or JPEG file (starts with {data[:8]!r})")
+        try:
+            image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, ValueError) as exc:
+            message = getattr(exc, "message", str(exc)).splitlines()[0]
+            raise InvalidInput(f"image {index}: cannot decode it: {message}") from None
+        if tuple(image.shape[:2]) != (height, width):
+            raise InvalidInput(
+                f"image {index} is {image.shape[1]}x{image.shape[0]} pixels; expected {width}x{height}"
+            )
+        decoded.append(image.numpy())
+    return np.stack(decoded).astype(np.float32)
+
+
+def _check_count(count: int, max_images: int) -> None:
+    if count == 0:
+        raise InvalidInput("the request has no images; expected at least 1")
+    if count > max_images:
+        raise InvalidInput(f"the request has {count} images; this server takes at most {max_images} (max_images)")

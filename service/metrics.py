@@ -1,0 +1,34 @@
+"""Every Prometheus metric the server exports is defined here, and nowhere else."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["MODEL_LOADED", "MODEL_LOAD_FAILURES", "REQUESTS", "REQUEST_DURATION"]
+
+# From sub-millisecond single images to multi-second large batches.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+REQUESTS = Counter(
+    "convserve_requests",
+    "gRPC requests answered, by model, version, method and status code.",
+    ["model", "version", "method", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "convserve_request_duration_seconds",
+    "Time from a request's arrival to its answer, by model and method.",
+    ["model", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+MODEL_LOADED = Gauge(
+    "convserve_model_loaded",
+    "1 for each model version that is loaded and serving.",
+    ["model", "version"],
+)
+MODEL_LOAD_FAILURES = Counter(
+    "convserve_model_load_failures",
+    "Model versions that could not be loaded (corrupt, partial or inconsistent artifacts).",
+    ["model"],
+)

@@ -1,0 +1,52 @@
+"""Server settings: one pydantic-settings class; flags and CONVSERVE_* environment variables map onto it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "settings_table"]
+
+
+class Settings(BaseSettings):
+    """Every knob of `convserve serve`. Flag `--models-dir` = env `CONVSERVE_MODELS_DIR`."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVSERVE_", frozen=True, extra="forbid")
+
+    host: str = Field("0.0.0.0", description="address the gRPC server binds")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
+    metrics_host: str = Field("0.0.0.0", description="address the Prometheus /metrics server binds")
+    metrics_port: int = Field(
+        8000, ge=-1, le=65535, description="Prometheus /metrics port (0: any free port, -1: off)"
+    )
+    models_dir: Path = Field(Path("models"), description="the model repository: MODELS_DIR/NAME/VERSION/")
+    default_model: str = Field(
+        "", description="model that answers requests naming none (empty: the only model, if one)"
+    )
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest request or response message, in bytes"
+    )
+    max_images: int = Field(4096, ge=1, description="most images one request may carry")
+    inference_threads: int = Field(2, ge=1, description="worker threads that run TensorFlow")
+    grace_seconds: float = Field(
+        10.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="logging level"
+    )
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the fields so that the two cannot differ."""
+    rows = [
+        "| flag | environment | default | meaning |",
+        "|------|-------------|---------|---------|",
+    ]
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = f"`{field.default}`" if field.default != "" else '""'
+        rows.append(f"| `{flag}` | `CONVSERVE_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows)
