@@ -1,6 +1,25 @@
-"""convserve's Python client: the `convserve` command now; the gRPC client library next.
+"""The convserve client library: gRPC, protobuf and numpy only — never TensorFlow."""
 
-Depends only on grpcio, protobuf and numpy; it never imports TensorFlow.
-"""
+from client.client import (
+    AsyncClient,
+    ClassScore,
+    Client,
+    FeatureMapResult,
+    Layer,
+    ModelInfo,
+    ModelSummary,
+    PredictResult,
+)
+from client.errors import ConvserveError
 
-__all__: list[str] = []
+__all__ = [
+    "AsyncClient",
+    "ClassScore",
+    "Client",
+    "ConvserveError",
+    "FeatureMapResult",
+    "Layer",
+    "ModelInfo",
+    "ModelSummary",
+    "PredictResult",
+]

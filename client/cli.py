@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,20 +132,208 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(subparsers: Any) -> None:
+    try:
+        from service.main import add_arguments
+    except ImportError:  # a client-only install: no pydantic-settings, no TensorFlow
+        installed = False
+    else:
+        installed = True
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the models in MODELS_DIR over gRPC",
+        description="Serve every model under MODELS_DIR over gRPC until SIGTERM/SIGINT. "
+        "Each flag is also an environment variable CONVSERVE_<NAME>.",
+    )
+    if not installed:
+        parser.set_defaults(run=_serve_not_installed)
+    else:
+        add_arguments(parser)
+        parser.set_defaults(run=_run_serve)
+
+
+def _serve_not_installed(args: argparse.Namespace) -> int:
+    raise CommandError("the server is not installed: pip install 'convserve[serve]'")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from service.main import run
+
+    return run(args)
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("CONVSERVE_TARGET", "localhost:50051"),
+        help="HOST:PORT of the server (env CONVSERVE_TARGET, default localhost:50051)",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+
+
+def _add_images(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model name (default: the server's default model)")
+    parser.add_argument("--version", type=_positive_int, help="model version (default: latest)")
+    parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="PNG or JPEG files")
+    parser.add_argument(
+        "--fashion-mnist-test",
+        type=_positive_int,
+        metavar="N",
+        help="use the first N images of the real Fashion-MNIST test set instead of files",
+    )
+    parser.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+
+
+def _add_client_commands(subparsers: Any) -> None:
+    predict = subparsers.add_parser("predict", help="classify images with a running server")
+    _add_target(predict)
+    _add_images(predict)
+    predict.add_argument("--top-k", type=_positive_int, default=3)
+    predict.add_argument(
+        "--batch-size", type=_positive_int, default=1000, help="images per request"
+    )
+    predict.set_defaults(run=_run_predict)
+
+    featuremap = subparsers.add_parser(
+        "featuremap", help="a conv layer's activations for an image, printed and drawn"
+    )
+    _add_target(featuremap)
+    _add_images(featuremap)
+    featuremap.add_argument("--layer", help="layer name (default: the first conv layer)")
+    featuremap.add_argument(
+        "--pre-activation", action="store_true", help="show the convolution before the activation"
+    )
+    featuremap.add_argument("--png", type=Path, help="write the first image's channels as a grid")
+    featuremap.set_defaults(run=_run_featuremap)
+
+    models = subparsers.add_parser("models", help="list the models a server has loaded")
+    _add_target(models)
+    models.set_defaults(run=_run_models)
+
+    health = subparsers.add_parser(
+        "health", help="exit 0 if the server (or one model) is SERVING, else 1"
+    )
+    _add_target(health)
+    health.add_argument("--service", default="", help="a model name (default: the whole server)")
+    health.set_defaults(run=_run_health)
+
+
+def _load_images(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(images, labels or None) from IMAGE files or the real test set."""
+    if args.fashion_mnist_test:
+        if args.images:
+            raise CommandError("give IMAGE files or --fashion-mnist-test, not both")
+        from training.data import DataError, load
+
+        try:
+            test = load("test", data_dir=args.data_dir, limit=args.fashion_mnist_test)
+        except DataError as exc:
+            raise CommandError(str(exc)) from exc
+        return test.images, test.labels
+    if not args.images:
+        raise CommandError("no images: give IMAGE files (PNG/JPEG) or --fashion-mnist-test N")
+    return [path.read_bytes() for path in args.images], None
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from client.client import Client
+
+    return Client(args.target, timeout=args.timeout)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    images, labels = _load_images(args)
+    names = [str(p) for p in args.images] or [f"test[{i}]" for i in range(len(images))]
+    predicted = []
+    with _connect(args) as client:
+        for start in range(0, len(images), args.batch_size):
+            result = client.predict(
+                images[start : start + args.batch_size],
+                model=args.model,
+                version=args.version,
+                top_k=args.top_k,
+            )
+            predicted.append(result.labels)
+            if labels is None or len(images) <= 20:
+                for offset, top in enumerate(result.top):
+                    best = ", ".join(f"{score.name} {score.score:.3f}" for score in top)
+                    print(f"{names[start + offset]}: {best}")
+    print(f"model {result.model} version {result.version}")
+    if labels is not None:
+        correct = int((np.concatenate(predicted) == labels).sum())
+        print(f"accuracy {correct / len(labels):.4f} ({correct}/{len(labels)} test images)")
+    return 0
+
+
+def _run_featuremap(args: argparse.Namespace) -> int:
+    from client._png import feature_grid, write_png
+
+    images, _ = _load_images(args)
+    with _connect(args) as client:
+        result = client.feature_map(
+            images,
+            layer=args.layer,
+            pre_activation=args.pre_activation,
+            model=args.model,
+            version=args.version,
+        )
+    values = result.pre_activations if args.pre_activation else result.activations
+    assert values is not None
+    print(f"model {result.model} version {result.version}: {result.layer.describe()}")
+    kind = "pre-activations" if args.pre_activation else "activations"
+    print(
+        f"{kind} {list(values.shape)}: min {values.min():.4f}, max {values.max():.4f}, "
+        f"mean {values.mean():.4f}"
+    )
+    if args.png:
+        grid = feature_grid(values[0])
+        write_png(args.png, grid)
+        print(
+            f"wrote {args.png} ({grid.shape[1]}x{grid.shape[0]} pixels, "
+            f"the {values.shape[-1]} channels of image 0)"
+        )
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        for model in client.list_models():
+            default = " (default)" if model.is_default else ""
+            versions = ", ".join(map(str, model.versions))
+            print(
+                f"{model.name}{default}: versions {versions}; "
+                f"classes {', '.join(model.class_names)}"
+            )
+    return 0
+
+
+def _run_health(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convserve", description="Train and serve convolutional image classifiers over gRPC."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
+    _add_serve(subparsers)
+    _add_client_commands(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from client.errors import ConvserveError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (CommandError, OSError, json.JSONDecodeError) as exc:
+    except (CommandError, ConvserveError, OSError, ValueError) as exc:
         print(f"convserve {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,7 +11,7 @@ from client._pb.convserve.v1 import convserve_pb2 as pb
 __all__ = ["DTYPES", "TensorError", "dtype_name", "from_tensor", "to_tensor"]
 
 # Wire dtypes and their little-endian numpy equivalents.
-DTYPES: dict[int, np.dtype[np.generic]] = {
+DTYPES: dict[pb.DataType, np.dtype[np.generic]] = {
     pb.DATA_TYPE_UINT8: np.dtype("<u1"),
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
 }
@@ -22,10 +22,10 @@ class TensorError(ValueError):
     """A tensor whose dtype, shape and bytes do not agree."""
 
 
-def dtype_name(code: int) -> str:
+def dtype_name(code: pb.DataType) -> str:
     """`DATA_TYPE_UINT8` → `uint8`; unknown codes by number."""
     try:
-        return pb.DataType.Name(code).removeprefix("DATA_TYPE_").lower()  # type: ignore[arg-type]
+        return pb.DataType.Name(code).removeprefix("DATA_TYPE_").lower()
     except ValueError:
         return f"dtype {code}"
 
@@ -47,7 +47,9 @@ def from_tensor(tensor: pb.Tensor) -> np.ndarray:
     """
     dtype = DTYPES.get(tensor.dtype)
     if dtype is None:
-        raise TensorError(f"tensor dtype {dtype_name(tensor.dtype)} is not supported; expected uint8 or float32")
+        raise TensorError(
+            f"tensor dtype {dtype_name(tensor.dtype)} is not supported; expected uint8 or float32"
+        )
     shape = tuple(tensor.shape)
     if any(dim < 0 for dim in shape):
         raise TensorError(f"tensor shape {list(shape)} has a negative dimension")

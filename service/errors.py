@@ -1,4 +1,4 @@
-"""Errors a request can meet, each with its gRPC status; one interceptor turns them into statuses."""
+"""Errors a request can meet, each with its gRPC status; one interceptor maps them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = [
 
 
 class ServiceError(Exception):
-    """An error the caller caused or can act on; the message says what was wrong and what was expected."""
+    """An error the caller can act on; the message says what was wrong and what was expected."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 

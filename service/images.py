@@ -12,17 +12,20 @@ __all__ = ["decode_files", "from_images", "is_encoded"]
 
 
 def is_encoded(images: pb.Images) -> bool:
-    return images.WhichOneof("source") == "encoded"
+    return bool(images.WhichOneof("source") == "encoded")
 
 
 def from_images(images: pb.Images, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
-    """The raw tensor path: uint8/float32 [N, H, W], [N, H, W, C] or [N, H*W*C] → float32 [N, H, W, C].
+    """The raw tensor path: uint8/float32 [N,H,W], [N,H,W,C] or [N,H*W*C] → float32 [N,H,W,C].
 
     Cheap (numpy only): safe on the event loop. Encoded files go through `decode_files`.
     """
     source = images.WhichOneof("source")
     if source is None:
-        raise InvalidInput("no images: set images.tensor (uint8 or float32 pixels) or images.encoded (PNG/JPEG files)")
+        raise InvalidInput(
+            "no images: set images.tensor (uint8 or float32 pixels) "
+            "or images.encoded (PNG/JPEG files)"
+        )
     if source == "encoded":
         raise AssertionError("encoded images are decoded by decode_files")
     try:
@@ -66,7 +69,8 @@ def decode_files(files: list[bytes], shape: tuple[int, int, int], max_images: in
             raise InvalidInput(f"image {index}: cannot decode it: {message}") from None
         if tuple(image.shape[:2]) != (height, width):
             raise InvalidInput(
-                f"image {index} is {image.shape[1]}x{image.shape[0]} pixels; expected {width}x{height}"
+                f"image {index} is {image.shape[1]}x{image.shape[0]} pixels; "
+                f"expected {width}x{height}"
             )
         decoded.append(image.numpy())
     return np.stack(decoded).astype(np.float32)
@@ -76,4 +80,6 @@ def _check_count(count: int, max_images: int) -> None:
     if count == 0:
         raise InvalidInput("the request has no images; expected at least 1")
     if count > max_images:
-        raise InvalidInput(f"the request has {count} images; this server takes at most {max_images} (max_images)")
+        raise InvalidInput(
+            f"the request has {count} images; this server takes at most {max_images} (max_images)"
+        )

@@ -15,6 +15,8 @@ from typing import Any
 
 __all__ = ["add_arguments", "main", "serve"]
 
+_PARSERS: dict[Any, Any] = {int: int, float: float, Path: Path}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per settings field; flags left out fall through to env vars, then defaults."""
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
-            type=str if choices else kind if kind in (int, float, Path) else str,
+            type=_PARSERS.get(kind, str) if not choices else str,
             choices=choices,
             default=argparse.SUPPRESS,
             help=f"{field.description} (env CONVSERVE_{name.upper()}, default {field.default!r})",
@@ -43,7 +45,9 @@ async def serve(settings: Any) -> None:
         loop.add_signal_handler(signum, stop.set)
     await server.start()
     await stop.wait()
-    logging.getLogger(__name__).info("signal received: draining for up to %.1f s", settings.grace_seconds)
+    logging.getLogger(__name__).info(
+        "signal received: draining for up to %.1f s", settings.grace_seconds
+    )
     await server.stop()
 
 
@@ -61,13 +65,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"convserve serve: error: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     asyncio.run(serve(settings))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="convserve serve", description="Serve the models in MODELS_DIR over gRPC.")
+    parser = argparse.ArgumentParser(
+        prog="convserve serve", description="Serve the models in MODELS_DIR over gRPC."
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

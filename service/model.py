@@ -46,8 +46,10 @@ class Model:
         self.name: str = metadata["name"]
         self.version: int = int(metadata["version"])
         self.class_names: tuple[str, ...] = tuple(metadata["classes"])
-        self.input_shape: tuple[int, int, int] = tuple(metadata["input"]["shape"])  # type: ignore[assignment]
-        self.layers: dict[str, dict[str, Any]] = {layer["name"]: layer for layer in metadata["layers"]}
+        self.input_shape: tuple[int, int, int] = tuple(metadata["input"]["shape"])
+        self.layers: dict[str, dict[str, Any]] = {
+            layer["name"]: layer for layer in metadata["layers"]
+        }
         # Layers whose output is an image-like [H, W, C] tensor: what FeatureMap can show.
         self.feature_layers = tuple(
             name for name, layer in self.layers.items() if len(layer["output_shape"]) == 3
@@ -178,7 +180,15 @@ def _read_metadata(path: Path) -> dict[str, Any]:
             f"{metadata_path}: format_version {metadata.get('format_version')!r}, "
             f"this server reads {ARTIFACT_FORMAT}"
         )
-    missing = {"name", "version", "classes", "input", "preprocessing", "model_file", "layers"} - set(metadata)
+    missing = {
+        "name",
+        "version",
+        "classes",
+        "input",
+        "preprocessing",
+        "model_file",
+        "layers",
+    } - set(metadata)
     if missing:
         raise ModelLoadError(f"{metadata_path}: missing {', '.join(sorted(missing))}")
     if str(metadata["version"]) != path.name or metadata["name"] != path.parent.name:

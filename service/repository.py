@@ -1,4 +1,4 @@
-"""The model repository on disk: MODELS_DIR/NAME/VERSION/, loaded and looked up by name and version."""
+"""The model repository on disk, MODELS_DIR/NAME/VERSION/: loading, lookup by name and version."""
 
 from __future__ import annotations
 
@@ -38,10 +38,17 @@ class Repository:
     def load_all(self) -> None:
         """Load every version directory; a broken one is logged and skipped, the rest serve."""
         if not self.models_dir.is_dir():
-            log.error("models dir %s does not exist; train a model with `convserve train`", self.models_dir)
+            log.error(
+                "models dir %s does not exist; train a model with `convserve train`",
+                self.models_dir,
+            )
             return
-        for model_dir in sorted(p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for version_dir in sorted((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        for model_dir in sorted(
+            p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
+            for version_dir in sorted(
+                (p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+            ):
                 try:
                     model = Model.load(version_dir)
                 except ModelLoadError as exc:
@@ -53,7 +60,11 @@ class Repository:
                     self._models.setdefault(model.name, {})[model.version] = model
                     metrics.MODEL_LOADED.labels(model.name, str(model.version)).set(1)
         if self._default and self._default not in self._models:
-            log.error("default model %r is not loaded; loaded: %s", self._default, ", ".join(self._models) or "none")
+            log.error(
+                "default model %r is not loaded; loaded: %s",
+                self._default,
+                ", ".join(self._models) or "none",
+            )
 
     def _failed(self, path: Path, reason: str) -> None:
         log.error("cannot serve %s: %s", path, reason)
@@ -83,7 +94,9 @@ class Repository:
             name = default
         versions = self._models.get(name)
         if versions is None:
-            raise NotFound(f"model {name!r} is not loaded; loaded models: {', '.join(self.names) or 'none'}")
+            raise NotFound(
+                f"model {name!r} is not loaded; loaded models: {', '.join(self.names) or 'none'}"
+            )
         if version < 0:
             raise InvalidInput(f"version must be positive (or 0 for the latest), got {version}")
         if version == 0:

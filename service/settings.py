@@ -1,4 +1,4 @@
-"""Server settings: one pydantic-settings class; flags and CONVSERVE_* environment variables map onto it."""
+"""Server settings: one pydantic-settings class; flags and CONVSERVE_* env vars map onto it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         8000, ge=-1, le=65535, description="Prometheus /metrics port (0: any free port, -1: off)"
     )
-    models_dir: Path = Field(Path("models"), description="the model repository: MODELS_DIR/NAME/VERSION/")
+    models_dir: Path = Field(
+        Path("models"), description="the model repository: MODELS_DIR/NAME/VERSION/"
+    )
     default_model: str = Field(
         "", description="model that answers requests naming none (empty: the only model, if one)"
     )

@@ -35,8 +35,10 @@ class Server:
         self.settings = settings
         self.repository = Repository(settings.models_dir, settings.default_model)
         self.metrics_port: int | None = None
-        self._executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
-        self._health = health.aio.HealthServicer()
+        self._executor = ThreadPoolExecutor(
+            settings.inference_threads, thread_name_prefix="inference"
+        )
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._grpc: grpc.aio.Server | None = None
         self._metrics_server: Any = None
 
@@ -49,7 +51,10 @@ class Server:
         size = self.settings.max_message_bytes
         server = grpc.aio.server(
             interceptors=[ServiceInterceptor()],
-            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+            ],
         )
         pb_grpc.add_ConvServeServicer_to_server(
             ConvServeServicer(self.repository, self._executor, self.settings.max_images), server
@@ -59,7 +64,11 @@ class Server:
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         host = self.settings.host
-        address = f"[{host}]:{self.settings.port}" if ":" in host and not host.startswith("[") else f"{host}:{self.settings.port}"
+        address = (
+            f"[{host}]:{self.settings.port}"
+            if ":" in host and not host.startswith("[")
+            else f"{host}:{self.settings.port}"
+        )
         port = server.add_insecure_port(address)
         await self._set_health(NOT_SERVING, [])
         await server.start()
@@ -71,7 +80,11 @@ class Server:
         await self._set_health(SERVING if names else NOT_SERVING, names)
         log.info(
             "serving %s on %s (port %d) after %.2f s; metrics on port %s",
-            ", ".join(names) or "no models", address, port, time.perf_counter() - started, self.metrics_port,
+            ", ".join(names) or "no models",
+            address,
+            port,
+            time.perf_counter() - started,
+            self.metrics_port,
         )
         return port
 
@@ -84,11 +97,13 @@ class Server:
             return
         from prometheus_client import start_http_server
 
-        self._metrics_server, _ = start_http_server(self.settings.metrics_port, self.settings.metrics_host)
+        self._metrics_server, _ = start_http_server(
+            self.settings.metrics_port, self.settings.metrics_host
+        )
         self.metrics_port = self._metrics_server.server_port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING at once, refuse new calls, let in-flight ones finish within `grace`."""
+        """Health NOT_SERVING at once, refuse new calls, let in-flight ones finish in `grace` s."""
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.grace_seconds if grace is None else grace)

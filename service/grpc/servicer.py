@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -22,9 +23,10 @@ from service.repository import Repository
 __all__ = ["ConvServeServicer", "layer_message"]
 
 DEFAULT_TOP_K = 3
+T = TypeVar("T")
 
 
-class ConvServeServicer(pb_grpc.ConvServeServicer):
+class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
     """TensorFlow runs in `executor`'s threads; the event loop only decodes and encodes."""
 
     def __init__(self, repository: Repository, executor: Executor, max_images: int) -> None:
@@ -32,7 +34,9 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):
         self._executor = executor
         self._max_images = max_images
 
-    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PredictResponse:
         model = self._model(request.model)
         if request.top_k < 0:
             raise InvalidInput(f"top_k must be >= 0 (0 means {DEFAULT_TOP_K}), got {request.top_k}")
@@ -41,7 +45,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):
         return predict_response(model, probabilities, request.top_k or DEFAULT_TOP_K)
 
     async def FeatureMap(
-        self, request: pb.FeatureMapRequest, context: grpc.aio.ServicerContext
+        self, request: pb.FeatureMapRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FeatureMapResponse:
         model = self._model(request.model)
         layer = request.layer or model.default_layer
@@ -58,19 +62,22 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):
         )
 
     async def GetModelMetadata(
-        self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelMetadata:
         return metadata_message(self._model(request.model), self._repository)
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             models=[
                 pb.ModelSummary(
-                    name=status.name, versions=status.versions, latest_version=max(status.versions),
-                    is_default=status.is_default, class_names=status.class_names,
-                )  # fmt: skip
+                    name=status.name,
+                    versions=status.versions,
+                    latest_version=max(status.versions),
+                    is_default=status.is_default,
+                    class_names=status.class_names,
+                )
                 for status in self._repository.status()
             ]
         )
@@ -82,10 +89,12 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):
 
     async def _pixels(self, images: pb.Images, model: Model) -> np.ndarray:
         if is_encoded(images):
-            return await self._run(decode_files, list(images.encoded.files), model.input_shape, self._max_images)
+            return await self._run(
+                decode_files, list(images.encoded.files), model.input_shape, self._max_images
+            )
         return from_images(images, model.input_shape, self._max_images)
 
-    async def _run(self, function: Any, *args: Any) -> Any:
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
 
@@ -98,7 +107,9 @@ def predict_response(model: Model, probabilities: np.ndarray, top_k: int) -> pb.
         probabilities=to_tensor(probabilities),
         predictions=[
             pb.Prediction(
-                top=[pb.ClassScore(index=int(i), name=names[i], score=float(row[i])) for i in indices]
+                top=[
+                    pb.ClassScore(index=int(i), name=names[i], score=float(row[i])) for i in indices
+                ]
             )
             for row, indices in zip(probabilities, best, strict=True)
         ],
@@ -133,7 +144,9 @@ def metadata_message(model: Model, repository: Repository) -> pb.ModelMetadata:
         model=pb.ModelSpec(name=model.name, version=model.version),
         versions=repository.versions(model.name),
         class_names=model.class_names,
-        input=pb.InputSpec(name=meta["input"]["name"], shape=model.input_shape, dtype=pb.DATA_TYPE_FLOAT32),
+        input=pb.InputSpec(
+            name=meta["input"]["name"], shape=model.input_shape, dtype=pb.DATA_TYPE_FLOAT32
+        ),
         preprocessing_scale=meta["preprocessing"]["scale"],
         preprocessing_offset=meta["preprocessing"]["offset"],
         layers=[layer_message(layer) for layer in meta["layers"]],

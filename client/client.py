@@ -1,0 +1,418 @@
+"""`Client` and `AsyncClient`: one channel each, one shared request building and parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+import numpy as np
+
+from client._pb.convserve.v1 import convserve_pb2 as pb
+from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from client.errors import from_rpc_error
+from client.tensors import from_tensor, to_tensor
+
+__all__ = [
+    "AsyncClient",
+    "ClassScore",
+    "Client",
+    "FeatureMapResult",
+    "Images",
+    "Layer",
+    "ModelInfo",
+    "ModelSummary",
+    "PredictResult",
+]
+
+# A batch of pixel arrays ([N, 28, 28], [N, 28, 28, 1], [N, 784] or one [28, 28] image),
+# or encoded PNG/JPEG files as bytes or paths.
+Images = np.ndarray | Sequence[bytes | str | os.PathLike[str]]
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_SERVICE = "convserve.v1.ConvServe"
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    index: int
+    name: str
+    score: float
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """probabilities float32 [N, classes]; labels int [N], the most probable class of each image."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    top: list[list[ClassScore]]
+    model: str
+    version: int
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.class_names[label] for label in self.labels]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A model layer; the convolution fields are set for Conv2D layers only."""
+
+    name: str
+    type: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    parameters: int
+    filters: int = 0
+    kernel_size: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    padding: str = ""
+    padding_amount: tuple[int, ...] = ()  # top, bottom, left, right
+    dilation_rate: tuple[int, ...] = ()
+    activation: str = ""
+
+    @classmethod
+    def from_message(cls, layer: pb.Layer) -> Layer:
+        return cls(
+            name=layer.name, type=layer.type, input_shape=tuple(layer.input_shape),
+            output_shape=tuple(layer.output_shape), parameters=layer.parameters,
+            filters=layer.filters, kernel_size=tuple(layer.kernel_size),
+            strides=tuple(layer.strides),
+            padding=layer.padding, padding_amount=tuple(layer.padding_amount),
+            dilation_rate=tuple(layer.dilation_rate), activation=layer.activation,
+        )  # fmt: skip
+
+    def describe(self) -> str:
+        """One line, e.g. `conv2d Conv2D 28x28x1 → 26x26x10, kernel 3x3, strides 1x1, ...`."""
+        shapes = f"{'x'.join(map(str, self.input_shape))} → {'x'.join(map(str, self.output_shape))}"
+        if self.type != "Conv2D":
+            return f"{self.name} {self.type} {shapes}"
+        pairs = {
+            "kernel": self.kernel_size,
+            "strides": self.strides,
+            "dilation": self.dilation_rate,
+        }
+        parts = [f"{key} {'x'.join(map(str, value))}" for key, value in pairs.items()]
+        return (
+            f"{self.name} Conv2D({self.filters}) {shapes}, {', '.join(parts)}, "
+            f"padding {self.padding} "
+            f"{list(self.padding_amount)}, activation {self.activation}"
+        )
+
+
+@dataclass(frozen=True)
+class FeatureMapResult:
+    """activations float32 [N, H, W, C]; pre_activations the same shape, when asked for."""
+
+    activations: np.ndarray
+    pre_activations: np.ndarray | None
+    layer: Layer
+    model: str
+    version: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    versions: tuple[int, ...]
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    preprocessing_scale: float
+    preprocessing_offset: float
+    layers: tuple[Layer, ...]
+    parameters: int
+    test_accuracy: float
+    test_loss: float
+    created_at: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    versions: tuple[int, ...]
+    latest_version: int
+    is_default: bool
+    class_names: tuple[str, ...]
+
+
+def _channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, Any]]:
+    # Retries of UNAVAILABLE (a replica restarting, a connection reset) by gRPC itself.
+    retry_policy = {
+        "maxAttempts": retries + 1,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "1s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    service_config = {
+        "methodConfig": [
+            {
+                "name": [{"service": _SERVICE}, {"service": "grpc.health.v1.Health"}],
+                "retryPolicy": retry_policy,
+            }
+        ]
+    }
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1 if retries else 0),
+        ("grpc.service_config", json.dumps(service_config)),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+
+
+def _images_message(images: Images) -> pb.Images:
+    if isinstance(images, np.ndarray):
+        array = images[np.newaxis] if images.ndim == 2 else images
+        if array.dtype not in (np.uint8, np.float32):
+            if np.issubdtype(array.dtype, np.integer):
+                if array.size and (array.min() < 0 or array.max() > 255):
+                    raise ValueError(
+                        f"integer pixels must be 0..255, got {array.min()}..{array.max()}"
+                    )
+                array = array.astype(np.uint8)
+            elif np.issubdtype(array.dtype, np.floating):
+                array = array.astype(np.float32)
+            else:
+                raise ValueError(
+                    f"images of dtype {array.dtype}: expected uint8 or float pixels 0..255"
+                )
+        return pb.Images(tensor=to_tensor(array))
+    files = [item if isinstance(item, bytes) else Path(item).read_bytes() for item in images]
+    return pb.Images(encoded=pb.EncodedImages(files=files))
+
+
+def _spec(model: str | None, version: int | None) -> pb.ModelSpec:
+    return pb.ModelSpec(name=model or "", version=version or 0)
+
+
+def _predict_request(
+    images: Images, model: str | None, version: int | None, top_k: int
+) -> pb.PredictRequest:
+    return pb.PredictRequest(
+        model=_spec(model, version), images=_images_message(images), top_k=top_k
+    )
+
+
+def _predict_result(response: pb.PredictResponse) -> PredictResult:
+    probabilities = from_tensor(response.probabilities)
+    return PredictResult(
+        probabilities=probabilities,
+        labels=probabilities.argmax(axis=1),
+        class_names=tuple(response.class_names),
+        top=[[ClassScore(s.index, s.name, s.score) for s in p.top] for p in response.predictions],
+        model=response.model.name,
+        version=response.model.version,
+    )
+
+
+def _feature_map_request(
+    images: Images, layer: str | None, pre_activation: bool, model: str | None, version: int | None
+) -> pb.FeatureMapRequest:
+    return pb.FeatureMapRequest(
+        model=_spec(model, version), images=_images_message(images), layer=layer or "",
+        include_pre_activation=pre_activation,
+    )  # fmt: skip
+
+
+def _feature_map_result(response: pb.FeatureMapResponse) -> FeatureMapResult:
+    return FeatureMapResult(
+        activations=from_tensor(response.activations),
+        pre_activations=from_tensor(response.pre_activations)
+        if response.HasField("pre_activations")
+        else None,
+        layer=Layer.from_message(response.layer),
+        model=response.model.name,
+        version=response.model.version,
+    )
+
+
+def _model_info(response: pb.ModelMetadata) -> ModelInfo:
+    return ModelInfo(
+        name=response.model.name, version=response.model.version, versions=tuple(response.versions),
+        class_names=tuple(response.class_names), input_shape=tuple(response.input.shape),
+        preprocessing_scale=response.preprocessing_scale,
+        preprocessing_offset=response.preprocessing_offset,
+        layers=tuple(Layer.from_message(layer) for layer in response.layers),
+        parameters=response.parameters, test_accuracy=response.test_accuracy,
+        test_loss=response.test_loss, created_at=response.created_at,
+        metadata=json.loads(response.metadata_json or "{}"),
+    )  # fmt: skip
+
+
+def _model_summaries(response: pb.ListModelsResponse) -> list[ModelSummary]:
+    return [
+        ModelSummary(
+            m.name, tuple(m.versions), m.latest_version, m.is_default, tuple(m.class_names)
+        )
+        for m in response.models
+    ]
+
+
+def _health_request(service: str) -> bytes:
+    # grpc.health.v1.HealthCheckRequest {string service = 1}, encoded by hand: the client
+    # needs no health-checking package for one string field.
+    name = service.encode()
+    if len(name) > 127:
+        raise ValueError("health service names are at most 127 bytes")
+    return b"\x0a" + bytes([len(name)]) + name if name else b""
+
+
+def _health_status(data: bytes) -> str:
+    # HealthCheckResponse {ServingStatus status = 1}: absent means 0 (UNKNOWN).
+    return _HEALTH_STATUS.get(data[1] if data[:1] == b"\x08" else 0, "UNKNOWN")
+
+
+T = TypeVar("T")
+
+
+class _Base:
+    def __init__(self, target: str, timeout: float, channel: Any) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = channel
+        self._stub = pb_grpc.ConvServeStub(channel)
+        self._health = channel.unary_unary(
+            _HEALTH_CHECK, request_serializer=_health_request, response_deserializer=_health_status
+        )
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+
+class Client(_Base):
+    """A blocking client: `with Client("localhost:50051") as c: c.predict(images)`.
+
+    Every call has a deadline (`timeout` seconds unless the call gives its own), UNAVAILABLE is
+    retried by gRPC with backoff, and failures raise `client.errors.ConvserveError` subclasses.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retries: int = 3,
+    ) -> None:
+        channel = grpc.insecure_channel(
+            target, options=_channel_options(max_message_bytes, retries)
+        )
+        super().__init__(target, timeout, channel)
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def predict(
+        self, images: Images, *, model: str | None = None, version: int | None = None,
+        top_k: int = 3, timeout: float | None = None,
+    ) -> PredictResult:  # fmt: skip
+        """Class probabilities and the `top_k` classes of each image (pixels 0..255 as they are)."""
+        request = _predict_request(images, model, version, top_k)
+        return _predict_result(self._call(self._stub.Predict, request, timeout))
+
+    def feature_map(
+        self, images: Images, *, layer: str | None = None, pre_activation: bool = False,
+        model: str | None = None, version: int | None = None, timeout: float | None = None,
+    ) -> FeatureMapResult:  # fmt: skip
+        """The activations of `layer` (default: the first conv layer) for each image."""
+        request = _feature_map_request(images, layer, pre_activation, model, version)
+        return _feature_map_result(self._call(self._stub.FeatureMap, request, timeout))
+
+    def metadata(
+        self, model: str | None = None, version: int | None = None, *, timeout: float | None = None
+    ) -> ModelInfo:
+        request = pb.GetModelMetadataRequest(model=_spec(model, version))
+        return _model_info(self._call(self._stub.GetModelMetadata, request, timeout))
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelSummary]:
+        return _model_summaries(self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout))
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """`SERVING`, `NOT_SERVING`, …, for the server ("") or one model name."""
+        return str(self._call(self._health, service, timeout))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of `Client`: `async with AsyncClient(target) as c: await c.predict(x)`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retries: int = 3,
+    ) -> None:
+        channel = grpc.aio.insecure_channel(
+            target, options=_channel_options(max_message_bytes, retries)
+        )
+        super().__init__(target, timeout, channel)
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def predict(
+        self, images: Images, *, model: str | None = None, version: int | None = None,
+        top_k: int = 3, timeout: float | None = None,
+    ) -> PredictResult:  # fmt: skip
+        request = _predict_request(images, model, version, top_k)
+        return _predict_result(await self._call(self._stub.Predict, request, timeout))
+
+    async def feature_map(
+        self, images: Images, *, layer: str | None = None, pre_activation: bool = False,
+        model: str | None = None, version: int | None = None, timeout: float | None = None,
+    ) -> FeatureMapResult:  # fmt: skip
+        request = _feature_map_request(images, layer, pre_activation, model, version)
+        return _feature_map_result(await self._call(self._stub.FeatureMap, request, timeout))
+
+    async def metadata(
+        self, model: str | None = None, version: int | None = None, *, timeout: float | None = None
+    ) -> ModelInfo:
+        request = pb.GetModelMetadataRequest(model=_spec(model, version))
+        return _model_info(await self._call(self._stub.GetModelMetadata, request, timeout))
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelSummary]:
+        return _model_summaries(
+            await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        )
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        return str(await self._call(self._health, service, timeout))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
