@@ -27,13 +27,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,serve,dev]'
 	touch $@
 
-# Train the default model if there is none yet (the gRPC server arrives with the next issue).
+# Train the default model if there is none yet, then serve every model (Ctrl-C stops).
 run: install
 	@if ! ls -d $(MODELS_DIR)/*/[0-9]* >/dev/null 2>&1; then \
 		$(BIN)/convserve train --preset seed --name $(MODEL) --models-dir $(MODELS_DIR); \
-	else \
-		echo "models present: $$(ls -d $(MODELS_DIR)/*/[0-9]* | tr '\n' ' ')"; \
 	fi
+	exec $(BIN)/convserve serve --models-dir $(MODELS_DIR) --default-model $(MODEL)
 
 train: install
 	$(BIN)/convserve train --preset seed --name $(MODEL) --models-dir $(MODELS_DIR)

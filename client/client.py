@@ -30,7 +30,7 @@ __all__ = [
     "PredictResult",
 ]
 
-# A batch of pixel arrays ([N, 28, 28], [N, 28, 28, 1], [N, 784] or one [28, 28] image),
+# A batch of pixels 0..255 ([N, 28, 28], [N, 28, 28, 1] or [N, 784]; uint8, float or int),
 # or encoded PNG/JPEG files as bytes or paths.
 Images = np.ndarray | Sequence[bytes | str | os.PathLike[str]]
 
@@ -176,7 +176,7 @@ def _channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, An
 
 def _images_message(images: Images) -> pb.Images:
     if isinstance(images, np.ndarray):
-        array = images[np.newaxis] if images.ndim == 2 else images
+        array = images
         if array.dtype not in (np.uint8, np.float32):
             if np.issubdtype(array.dtype, np.integer):
                 if array.size and (array.min() < 0 or array.max() > 255):

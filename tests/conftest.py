@@ -1,8 +1,80 @@
-"""Shared fixtures: the real dataset's location and tiny models trained on slices of it."""
+"""Shared fixtures: tiny models trained on slices of the real data, and a real server on port 0."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 # Quiet TensorFlow's C++ start-up logs in every test process (set before any import of TF).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# The model with same/valid padding, stride 2, dilation 2 and a pooling layer for FeatureMap.
+LAYERS_SPEC = ("4:3:same", "4:3:valid:2,pool=2", "3:2:valid:1:2:tanh")
+MAX_IMAGES = 2000
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`fashion` (small preset, 10 classes) and `layers` (three convs), trained once per run."""
+    from training.model import PRESETS, ConvLayer, ModelConfig
+    from training.train import train
+
+    root = tmp_path_factory.mktemp("models")
+    small = PRESETS["small"].replace(train_limit=3000, test_limit=1000)
+    train(small, name="fashion", models_dir=root, verbose=0)
+    layers = ModelConfig(conv=tuple(ConvLayer.parse(spec) for spec in LAYERS_SPEC))
+    train(
+        small.replace(model=layers, train_limit=500, test_limit=200),
+        name="layers",
+        models_dir=root,
+        verbose=0,
+    )
+    return root
+
+
+@dataclass
+class RunningServer:
+    """A real `Server` on 127.0.0.1, running its own event loop in a thread."""
+
+    target: str
+    server: Any
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+
+
+@pytest.fixture(scope="session")
+def server(models_dir: Path) -> Iterator[RunningServer]:
+    from service.grpc.server import Server
+    from service.settings import Settings
+
+    settings = Settings(
+        host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, models_dir=models_dir,
+        default_model="fashion", max_images=MAX_IMAGES,
+    )  # fmt: skip
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
+    thread.start()
+    instance = Server(settings)
+    port = asyncio.run_coroutine_threadsafe(instance.start(), loop).result(timeout=300)
+    yield RunningServer(f"127.0.0.1:{port}", instance, loop)
+    asyncio.run_coroutine_threadsafe(instance.stop(0), loop).result(timeout=60)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def test_images() -> Any:
+    from training import data
+
+    return data.load("test")

@@ -10,7 +10,19 @@ import pytest
 
 PUBLIC = {
     "training": ["data", "model", "reference", "train"],
-}
+    "service": ["errors", "grpc", "images", "main", "metrics", "model", "repository", "settings"],
+    "client": [
+        "AsyncClient", "ClassScore", "Client", "ConvserveError", "FeatureMapResult", "Layer",
+        "ModelInfo", "ModelSummary", "PredictResult",
+    ],
+}  # fmt: skip
+
+MODULES = [
+    "client.client", "client.errors", "client.tensors", "service.errors", "service.images",
+    "service.metrics", "service.model", "service.repository", "service.settings",
+    "service.grpc.server", "service.grpc.servicer", "service.grpc.interceptors",
+    "training.data", "training.model", "training.reference", "training.train",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("package", sorted(PUBLIC))
@@ -18,9 +30,7 @@ def test_all_is_explicit(package: str) -> None:
     assert sorted(importlib.import_module(package).__all__) == PUBLIC[package]
 
 
-@pytest.mark.parametrize(
-    "module", ["training.data", "training.model", "training.reference", "training.train"]
-)
+@pytest.mark.parametrize("module", MODULES)
 def test_every_name_in_all_exists(module: str) -> None:
     imported = importlib.import_module(module)
     assert imported.__all__, module
@@ -30,7 +40,7 @@ def test_every_name_in_all_exists(module: str) -> None:
 
 def test_client_and_cli_help_do_not_import_tensorflow() -> None:
     code = (
-        "import sys, client, client.cli\n"
+        "import sys, client, client.cli, client.tensors, client.errors\n"
         "try:\n    client.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )

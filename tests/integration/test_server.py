@@ -1,0 +1,160 @@
+"""The server as operators see it: health, reflection, metrics, `convserve serve` as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from client import Client
+from client.errors import NotFound
+
+
+def test_health_is_serving_for_the_server_and_each_model(server) -> None:
+    with Client(server.target) as client:
+        assert client.health() == "SERVING"
+        assert client.health("convserve.v1.ConvServe") == "SERVING"
+        assert client.health("fashion") == client.health("layers") == "SERVING"
+        with pytest.raises(NotFound):
+            client.health("shoes")
+
+
+def test_reflection_lists_the_services(server) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(server.target) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"convserve.v1.ConvServe", "grpc.health.v1.Health"} <= services
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_requests_by_model_method_and_code(server) -> None:
+    def scrape() -> str:
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+            return str(response.read().decode())
+
+    labels = {"model": "layers", "version": "1", "method": "Predict"}
+    before = scrape()
+    with Client(server.target) as client:
+        for _ in range(3):
+            client.predict(np.zeros((1, 28, 28), np.uint8), model="layers")
+        with pytest.raises(NotFound):
+            client.predict(np.zeros((1, 28, 28), np.uint8), model="layers", version=9)
+    after = scrape()
+    ok = _metric(after, "convserve_requests_total", code="OK", **labels)
+    assert ok - _metric(before, "convserve_requests_total", code="OK", **labels) == 3
+    not_found = {"method": "Predict", "code": "NOT_FOUND"}
+    assert (
+        _metric(after, "convserve_requests_total", **not_found)
+        - _metric(before, "convserve_requests_total", **not_found)
+        == 1
+    )
+    count = "convserve_request_duration_seconds_count"
+    assert _metric(after, count, model="layers", method="Predict") >= 3
+    assert _metric(after, "convserve_model_loaded", model="fashion", version="1") == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def serve_process(models_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`convserve serve` as its own process, configured by flags and a CONVSERVE_* variable."""
+    port = _free_port()
+    env = {**os.environ, "CONVSERVE_DEFAULT_MODEL": "fashion"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--metrics-port", "-1", "--models-dir", str(models_dir)],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert process.stderr is not None
+    for line in process.stderr:  # wait for the log line that follows SERVING
+        if " serving " in line:
+            break
+    else:
+        pytest.fail(f"the server exited with {process.wait()} before serving")
+    yield process, f"127.0.0.1:{port}"
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    process.stderr.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_against_a_served_process(serve_process, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from training.data import load
+
+    _, target = serve_process
+    health = _cli("health", "--target", target)
+    assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
+
+    models = _cli("models", "--target", target)
+    assert "fashion (default): versions 1; classes T-shirt/top, Trouser" in models.stdout
+
+    predict = _cli("predict", "--target", target, "--fashion-mnist-test", "500")
+    assert predict.returncode == 0, predict.stderr
+    accuracy = float(predict.stdout.split("accuracy ")[1].split()[0])
+    assert 0.6 < accuracy <= 1
+
+    test = load("test", limit=2)
+    files = []
+    for index, image in enumerate(test.images):
+        files.append(tmp_path / f"image{index}.png")
+        files[-1].write_bytes(tf.io.encode_png(image[..., None]).numpy())
+    by_file = _cli("predict", "--target", target, "--top-k", "1", *map(str, files))
+    assert by_file.returncode == 0, by_file.stderr
+    assert by_file.stdout.count(".png: ") == 2
+
+    png = tmp_path / "conv.png"
+    featuremap = _cli("featuremap", "--target", target, "--model", "layers", "--layer", "conv2d_1",
+                      "--png", str(png), str(files[0]))  # fmt: skip
+    assert featuremap.returncode == 0, featuremap.stderr
+    assert "conv2d_1 Conv2D(4) 28x28x4 → 13x13x4, kernel 3x3, strides 2x2" in featuremap.stdout
+    decoded = tf.io.decode_png(png.read_bytes()).numpy()
+    # 2x2 grid of 13x13 channels scaled 4x, with 2-pixel borders.
+    assert decoded.shape == (2 * (13 * 4 + 2) + 2, 2 * (13 * 4 + 2) + 2, 1)
+
+    missing = _cli("predict", "--target", target, "--model", "shoes", str(files[0]))
+    assert missing.returncode == 2 and "NOT_FOUND: model 'shoes' is not loaded" in missing.stderr
+
+
+def test_sigterm_drains_and_exits_zero(serve_process) -> None:
+    process, target = serve_process
+    with Client(target) as client:
+        assert client.predict(np.zeros((1, 28, 28), np.uint8)).model == "fashion"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert process.stderr is not None
+    assert "stopped" in process.stderr.read()
