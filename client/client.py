@@ -148,30 +148,26 @@ class ModelSummary:
 
 
 def _channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, Any]]:
-    # Retries of UNAVAILABLE (a replica restarting, a connection reset) by gRPC itself.
-    retry_policy = {
-        "maxAttempts": retries + 1,
-        "initialBackoff": "0.05s",
-        "maxBackoff": "1s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    }
-    service_config = {
-        "methodConfig": [
-            {
-                "name": [{"service": _SERVICE}, {"service": "grpc.health.v1.Health"}],
-                "retryPolicy": retry_policy,
-            }
-        ]
-    }
-    return [
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.enable_retries", 1 if retries else 0),
-        ("grpc.service_config", json.dumps(service_config)),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.enable_retries", 1 if retries > 0 else 0),
     ]
+    if retries > 0:  # gRPC rejects a whole service config whose maxAttempts is below 2
+        # Retries of UNAVAILABLE (a replica restarting, a connection reset) by gRPC itself.
+        retry_policy = {
+            "maxAttempts": retries + 1,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        services = [{"service": _SERVICE}, {"service": "grpc.health.v1.Health"}]
+        config = {"methodConfig": [{"name": services, "retryPolicy": retry_policy}]}
+        options.append(("grpc.service_config", json.dumps(config)))
+    return options
 
 
 def _images_message(images: Images) -> pb.Images:

@@ -78,6 +78,11 @@ def test_top_k_lists_the_best_classes_in_order(server, test_images: Dataset) -> 
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1, atol=1e-5)
 
 
+def test_a_client_without_retries_works(server) -> None:
+    with Client(server.target, retries=0, timeout=10) as client:
+        assert client.health() == "SERVING"
+
+
 def test_model_and_version_can_be_named(server, test_images: Dataset) -> None:
     with Client(server.target) as client:
         pinned = client.predict(test_images.images[:2], model="layers", version=1)
