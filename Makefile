@@ -9,7 +9,7 @@ MODEL ?= fashion
 APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install system-packages run train test lint format clean proto
+.PHONY: install system-packages run train test lint format clean proto bench
 
 install: system-packages $(VENV)/.installed
 
@@ -63,3 +63,12 @@ proto: install
 	find $(PB_DIR) -name '*.py*' -exec sed -i -E \
 		's/^from (convserve\.v1|inference) import/from client._pb.\1 import/' {} +
 	find $(PB_DIR) -type d -exec touch {}/__init__.py \;
+
+# Performance against the no-op gRPC ceiling (numbers, not tests); needs h2load and a model.
+BENCH_APT_PACKAGES := nghttp2-client
+bench: install
+	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(BENCH_APT_PACKAGES)"
+	@ls -d $(MODELS_DIR)/$(MODEL)/[0-9]* >/dev/null 2>&1 || \
+		$(BIN)/convserve train --preset seed --name $(MODEL) --models-dir $(MODELS_DIR)
+	PATH=$(BIN):$$PATH $(BIN)/python bench/run.py --models-dir $(MODELS_DIR) --model $(MODEL) \
+		--profile bench/profile-c64.txt

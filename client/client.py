@@ -195,7 +195,7 @@ def _spec(model: str | None, version: int | None) -> pb.ModelSpec:
     return pb.ModelSpec(name=model or "", version=version or 0)
 
 
-def _predict_request(
+def predict_request(
     images: Images, model: str | None, version: int | None, top_k: int
 ) -> pb.PredictRequest:
     return pb.PredictRequest(
@@ -320,7 +320,7 @@ class Client(_Base):
         top_k: int = 3, timeout: float | None = None,
     ) -> PredictResult:  # fmt: skip
         """Class probabilities and the `top_k` classes of each image (pixels 0..255 as they are)."""
-        request = _predict_request(images, model, version, top_k)
+        request = predict_request(images, model, version, top_k)
         return _predict_result(self._call(self._stub.Predict, request, timeout))
 
     def feature_map(
@@ -380,7 +380,7 @@ class AsyncClient(_Base):
         self, images: Images, *, model: str | None = None, version: int | None = None,
         top_k: int = 3, timeout: float | None = None,
     ) -> PredictResult:  # fmt: skip
-        request = _predict_request(images, model, version, top_k)
+        request = predict_request(images, model, version, top_k)
         return _predict_result(await self._call(self._stub.Predict, request, timeout))
 
     async def feature_map(

@@ -1,0 +1,85 @@
+"""What the bench scripts share: starting servers, reading their RSS, framing gRPC requests."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from client import Client
+from client.errors import ConvserveError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A length-prefixed gRPC message: what goes in an HTTP/2 DATA frame."""
+    return struct.pack(">?I", False, len(message)) + message
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes], service: str = "") -> None:
+    """Poll health with a fresh channel each time (no reconnect backoff) until SERVING."""
+    while True:
+        try:
+            with Client(target, timeout=1, retries=0) as client:
+                if client.health(service) == "SERVING":
+                    return
+        except ConvserveError:
+            pass
+        if process.poll() is not None:
+            sys.exit(f"server exited with {process.returncode}")
+        time.sleep(0.01)
+
+
+def start_convserve(
+    models_dir: Path, model: str, *extra: str, metrics: bool = False
+) -> tuple[subprocess.Popen[bytes], str, int, float]:
+    """`python -m service` on loopback → (process, target, metrics port or -1, seconds to SERVING)."""
+    port, metrics_port = free_port(), free_port() if metrics else -1
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+         "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
+         "--models-dir", str(models_dir), "--default-model", model, "--log-level", "WARNING",
+         *extra],
+        cwd=ROOT,
+    )  # fmt: skip
+    target = f"127.0.0.1:{port}"
+    wait_serving(target, process, model)
+    return process, target, metrics_port, time.perf_counter() - started
+
+
+def start_ceiling() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "ceiling.py"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.readline()  # "ceiling serving on ..."
+    return process, f"127.0.0.1:{port}"
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

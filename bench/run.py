@@ -1,0 +1,185 @@
+"""`make bench`: convserve against the no-op gRPC ceiling, same run, same load (h2load).
+
+    .venv/bin/python bench/run.py [--models-dir models] [--seconds 10] [--profile out.txt]
+
+For each case it prints req/s, images/s, mean/p50/p99 latency, the ratio to the ceiling and
+errors (h2load failures plus non-OK gRPC codes counted by the server), then the server's RSS
+and its time from process start to SERVING. Numbers, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from common import grpc_frame, rss_mb, start_ceiling, start_convserve, stop
+
+from client.client import predict_request
+from training.data import load
+
+PATH = "/convserve.v1.ConvServe/Predict"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    dtype: str
+    images: int
+    clients: int
+    streams: int  # per client: concurrency = clients × streams
+
+    @property
+    def concurrency(self) -> int:
+        return self.clients * self.streams
+
+
+CASES = (
+    Case("1 img uint8  c1", "uint8", 1, 1, 1),
+    Case("1 img f32    c1", "float32", 1, 1, 1),
+    Case("1 img uint8  c64", "uint8", 1, 4, 16),
+    Case("1 img f32    c64", "float32", 1, 4, 16),
+    Case("64 img uint8 c8", "uint8", 64, 2, 4),
+)
+
+
+@dataclass
+class Result:
+    requests_per_s: float
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _request_file(case: Case, directory: Path) -> Path:
+    images = load("test", limit=case.images).images.astype(case.dtype)
+    path = directory / f"{case.dtype}-{case.images}.bin"
+    path.write_bytes(grpc_frame(predict_request(images, None, None, 3).SerializeToString()))
+    return path
+
+
+def h2load(target: str, case: Case, body: Path, seconds: float, log: Path) -> Result:
+    command = [
+        "h2load", f"--duration={seconds:g}", "--warm-up-time=2", f"--clients={case.clients}",
+        f"--max-concurrent-streams={case.streams}", f"--data={body}", f"--log-file={log}",
+        "--header=content-type: application/grpc", "--header=te: trailers",
+        f"http://{target}{PATH}",
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output).group(1))  # type: ignore[union-attr]
+    counts = re.search(r"requests: .* (\d+) failed, (\d+) errored, (\d+) timeout", output)
+    assert counts is not None, output
+    micros = np.loadtxt(log, usecols=2, ndmin=1) if log.stat().st_size else np.array([np.nan])
+    statuses = np.loadtxt(log, usecols=1, ndmin=1) if log.stat().st_size else np.array([])
+    errors = sum(int(n) for n in counts.groups()) + int((statuses != 200).sum())
+    ms = micros / 1000
+    return Result(
+        rate, float(ms.mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), errors
+    )
+
+
+def grpc_errors(metrics_port: int) -> int:
+    """Predict calls the server answered with a non-OK gRPC status, so far.
+
+    CANCELLED is not counted: h2load cancels the streams still in flight when its time is up.
+    """
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if (
+            line.startswith("convserve_requests_total{")
+            and 'method="Predict"' in line
+            and not re.search('code="(OK|CANCELLED)"', line)
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def profile(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy in raw (collapsed stacks) form; `top_frames` summarises it."""
+    return subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+         "--format", "raw", "--output", str(output), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def top_frames(raw: Path, count: int = 15) -> list[tuple[str, float]]:
+    """Leaf frames by share of samples (self time)."""
+    totals: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        totals[stack.split(";")[-1]] += int(samples)
+    overall = sum(totals.values()) or 1
+    return [(frame, n / overall) for frame, n in totals.most_common(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--model", default="fashion")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per case")
+    parser.add_argument("--profile", type=Path, help="py-spy the server under the c64 uint8 load")
+    parser.add_argument("server_args", nargs="*", help="extra `convserve serve` flags, after --")
+    args = parser.parse_args()
+    if shutil.which("h2load") is None:
+        sys.exit("h2load not found: apt-get install -y nghttp2-client (make bench does)")
+
+    ceiling, ceiling_target = start_ceiling()
+    server, target, metrics_port, to_serving = start_convserve(
+        args.models_dir, args.model, *args.server_args, metrics=True
+    )
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            for case in CASES:
+                body = _request_file(case, directory)
+                base = h2load(ceiling_target, case, body, args.seconds, directory / "ceiling.log")
+                before = grpc_errors(metrics_port)
+                spy = None
+                if args.profile and case.name == "1 img uint8  c64":
+                    spy = profile(server.pid, args.seconds + 2, args.profile)
+                ours = h2load(target, case, body, args.seconds, directory / "convserve.log")
+                ours.errors += grpc_errors(metrics_port) - before
+                if spy is not None:
+                    spy.wait()
+                rows.append((case, base, ours))
+        rss = rss_mb(server.pid)
+    finally:
+        stop(server)
+        stop(ceiling)
+
+    print(f"\n{'case':18s} {'server':9s} {'req/s':>9s} {'img/s':>9s} {'mean ms':>8s} "
+          f"{'p50 ms':>7s} {'p99 ms':>7s} {'ratio':>6s} {'errors':>6s}")  # fmt: skip
+    for case, base, ours in rows:
+        for label, result in (("ceiling", base), ("convserve", ours)):
+            if case.concurrency == 1:  # latency-bound: the ratio of mean latencies
+                ratio = result.mean_ms / base.mean_ms
+            else:  # throughput-bound: the ratio of request rates
+                ratio = result.requests_per_s / base.requests_per_s
+            print(
+                f"{case.name:18s} {label:9s} {result.requests_per_s:9.0f} "
+                f"{result.requests_per_s * case.images:9.0f} {result.mean_ms:8.3f} "
+                f"{result.p50_ms:7.3f} {result.p99_ms:7.3f} {ratio:6.2f} {result.errors:6d}"
+            )
+    print("ratio: mean latency ÷ ceiling's at c1, req/s ÷ ceiling's otherwise")
+    print(f"convserve: start to SERVING {to_serving:.2f} s, RSS after the run {rss:.0f} MB")
+    if args.profile:
+        print(f"\nprofile of the c64 uint8 case ({args.profile}), self time:")
+        for frame, share in top_frames(args.profile):
+            print(f"{share:6.1%}  {frame}")
+
+
+if __name__ == "__main__":
+    main()
