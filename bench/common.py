@@ -50,7 +50,7 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], service: str = "
 def start_convserve(
     models_dir: Path, model: str, *extra: str, metrics: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, int, float]:
-    """`python -m service` on loopback → (process, target, metrics port or -1, seconds to SERVING)."""
+    """`python -m service` on loopback → (process, target, metrics port, seconds to SERVING)."""
     port, metrics_port = free_port(), free_port() if metrics else -1
     started = time.perf_counter()
     process = subprocess.Popen(

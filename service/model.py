@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from service.batching import Batcher
 from service.errors import InvalidInput, ModelLoadError, NotFound
+from service.runtime import NumpyRuntime, Unsupported
 from training.train import ARTIFACT_FORMAT, METADATA_FILE, MODEL_FILE, sha256_file
 
 __all__ = ["Model"]
@@ -38,7 +40,9 @@ class Model:
     Both are plain blocking calls that run TensorFlow; callers run them in worker threads.
     """
 
-    def __init__(self, path: Path, metadata: dict[str, Any], keras_model: Any) -> None:
+    def __init__(
+        self, path: Path, metadata: dict[str, Any], keras_model: Any, runtime: str = "auto"
+    ) -> None:
         import tensorflow as tf
 
         self.path = path
@@ -60,12 +64,28 @@ class Model:
         self._scale = float(metadata["preprocessing"]["scale"])
         self._offset = float(metadata["preprocessing"]["offset"])
         self._signature = [tf.TensorSpec([None, *self.input_shape], tf.float32, name="images")]
-        self._predict = tf.function(self._forward, input_signature=self._signature)
+        self._predict_tf = tf.function(self._forward, input_signature=self._signature)
+        self.runtime = "tensorflow"
+        self._predict_numpy: Callable[[np.ndarray], np.ndarray] | None = None
+        if runtime != "tensorflow":
+            try:
+                self._predict_numpy = NumpyRuntime.compile(
+                    keras_model, self._scale, self._offset
+                ).predict
+                self.runtime = "numpy"
+            except Unsupported as exc:
+                if runtime == "numpy":
+                    raise ModelLoadError(
+                        f"{path}: the numpy runtime cannot run it: {exc}"
+                    ) from None
+                log.info("%s: numpy runtime unsupported (%s); using tensorflow", path, exc)
+        # Set by the server: Predict calls go through it, coalesced with their neighbours.
+        self.batcher: Batcher | None = None
         self._features: dict[str, _FeatureFunction] = {}
         self._features_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: Path) -> Model:
+    def load(cls, path: Path, runtime: str = "auto") -> Model:
         """Load `path` = MODELS_DIR/NAME/VERSION, verify it against its metadata.json, warm it."""
         started = time.perf_counter()
         metadata = _read_metadata(path)
@@ -89,10 +109,10 @@ class Model:
                 f"{path}: the model maps {input_shape} → {output_shape} but metadata.json "
                 f"says {metadata['input']['shape']} → {len(metadata['classes'])} classes"
             )
-        model = cls(path, metadata, keras_model)
+        model = cls(path, metadata, keras_model, runtime)
         model.warm()
-        log.info("loaded %s version %d from %s in %.2f s", model.name, model.version, path,
-                 time.perf_counter() - started)  # fmt: skip
+        log.info("loaded %s version %d from %s in %.2f s (runtime %s)", model.name, model.version,
+                 path, time.perf_counter() - started, model.runtime)  # fmt: skip
         return model
 
     def warm(self) -> None:
@@ -100,12 +120,19 @@ class Model:
         for batch in WARMUP_BATCH_SIZES:
             pixels = np.zeros((batch, *self.input_shape), np.float32)
             self.predict(pixels)
+            self.predict_tensorflow(pixels)
             if self.default_layer:
                 self.feature_map(pixels, self.default_layer, pre_activation=True)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Pixels float32 [N, H, W, C] (0..255) → class probabilities float32 [N, classes]."""
-        return self._predict(pixels).numpy()  # type: ignore[no-any-return]
+        if self._predict_numpy is not None:
+            return self._predict_numpy(pixels)
+        return self.predict_tensorflow(pixels)
+
+    def predict_tensorflow(self, pixels: np.ndarray) -> np.ndarray:
+        """The reference: the Keras model through its compiled `tf.function`."""
+        return self._predict_tf(pixels).numpy()  # type: ignore[no-any-return]
 
     def feature_map(
         self, pixels: np.ndarray, layer: str, *, pre_activation: bool = False

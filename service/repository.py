@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,12 @@ class ModelStatus:
 class Repository:
     """Every loaded version of every model; requests without a version get the latest."""
 
-    def __init__(self, models_dir: Path, default_model: str = "") -> None:
+    def __init__(
+        self, models_dir: Path, default_model: str = "", load: Callable[[Path], Model] = Model.load
+    ) -> None:
         self.models_dir = models_dir
         self._default = default_model
+        self._load = load
         self._models: dict[str, dict[int, Model]] = {}
         # Versions that failed to load, with the reason, e.g. {"fashion/3": "sha256 ..."}.
         self.failures: dict[str, str] = {}
@@ -50,7 +54,7 @@ class Repository:
                 (p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
             ):
                 try:
-                    model = Model.load(version_dir)
+                    model = self._load(version_dir)
                 except ModelLoadError as exc:
                     self._failed(version_dir, str(exc))
                 except Exception as exc:  # a broken artifact must not stop the others

@@ -32,7 +32,20 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="largest request or response message, in bytes"
     )
     max_images: int = Field(4096, ge=1, description="most images one request may carry")
-    inference_threads: int = Field(2, ge=1, description="worker threads that run TensorFlow")
+    inference_threads: int = Field(
+        2,
+        ge=1,
+        description="worker threads that run inference; also the batches run at once per model",
+    )
+    runtime: Literal["auto", "numpy", "tensorflow"] = Field(
+        "auto",
+        description="Predict runtime: numpy (fast for small CNNs), tensorflow (the reference), "
+        "auto (numpy when it supports every layer)",
+    )
+    max_batch_size: int = Field(256, ge=1, description="most images the batcher puts in one batch")
+    max_batch_delay_ms: float = Field(
+        0.0, ge=0, description="how long a partial batch may wait for more requests (0: never)"
+    )
     grace_seconds: float = Field(
         10.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )

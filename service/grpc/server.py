@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,8 +15,10 @@ from grpc_reflection.v1alpha import reflection
 
 from client._pb.convserve.v1 import convserve_pb2 as pb
 from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from service.batching import Batcher
 from service.grpc.interceptors import ServiceInterceptor
 from service.grpc.servicer import ConvServeServicer
+from service.model import Model
 from service.repository import Repository
 from service.settings import Settings
 
@@ -33,7 +36,7 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.repository = Repository(settings.models_dir, settings.default_model)
+        self.repository = Repository(settings.models_dir, settings.default_model, self._load)
         self.metrics_port: int | None = None
         self._executor = ThreadPoolExecutor(
             settings.inference_threads, thread_name_prefix="inference"
@@ -41,6 +44,17 @@ class Server:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._grpc: grpc.aio.Server | None = None
         self._metrics_server: Any = None
+
+    def _load(self, path: Path) -> Model:
+        model = Model.load(path, self.settings.runtime)
+        model.batcher = Batcher(
+            lambda pixels: model.predict(pixels),  # late-bound: predict can be swapped
+            self._executor,
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_delay_s=self.settings.max_batch_delay_ms / 1000,
+            max_concurrent_batches=self.settings.inference_threads,
+        )
+        return model
 
     async def start(self) -> int:
         """Bind and start answering (health NOT_SERVING), load every model, then report SERVING.

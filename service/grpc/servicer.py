@@ -41,7 +41,10 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         if request.top_k < 0:
             raise InvalidInput(f"top_k must be >= 0 (0 means {DEFAULT_TOP_K}), got {request.top_k}")
         pixels = await self._pixels(request.images, model)
-        probabilities = await self._run(model.predict, pixels)
+        if model.batcher is None:
+            probabilities = await self._run(model.predict, pixels)
+        else:
+            probabilities = await model.batcher.submit(pixels)
         return predict_response(model, probabilities, request.top_k or DEFAULT_TOP_K)
 
     async def FeatureMap(

@@ -1,0 +1,135 @@
+"""The adaptive batcher: concurrent requests for one model version become one batch.
+
+Requests queue as they arrive. Whenever a worker slot is free the batcher takes everything
+already queued (up to `max_batch_size` images) and runs it as one call in a worker thread;
+an idle server therefore dispatches a lone request at once, while a busy one naturally forms
+larger batches. `max_batch_delay_s` > 0 lets a partial batch wait that long for company
+(more throughput, more latency); the default 0 never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import numpy as np
+
+__all__ = ["Batcher"]
+
+Array = np.ndarray
+
+
+class _Request:
+    __slots__ = ("arrived", "future", "pixels")
+
+    def __init__(self, pixels: Array, future: asyncio.Future[Array], arrived: float) -> None:
+        self.pixels = pixels
+        self.future = future
+        self.arrived = arrived
+
+
+class Batcher:
+    """`await batcher.submit(pixels)` → `run(all queued pixels)` rows for these pixels.
+
+    `run` maps [N, ...] → [N, ...] and runs in `executor`, never on the event loop. At most
+    `max_concurrent_batches` batches run at once. An exception from `run` reaches exactly
+    the requests of that batch; a cancelled request still waiting is dropped from its batch.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Array], Array],
+        executor: Executor,
+        *,
+        max_batch_size: int = 256,
+        max_batch_delay_s: float = 0.0,
+        max_concurrent_batches: int = 1,
+    ) -> None:
+        if max_batch_size < 1 or max_concurrent_batches < 1 or max_batch_delay_s < 0:
+            raise ValueError("max_batch_size and max_concurrent_batches >= 1, delay >= 0")
+        self._run = run
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay_s = max_batch_delay_s
+        self.max_concurrent_batches = max_concurrent_batches
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queued_images = 0
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    async def submit(self, pixels: Array) -> Array:
+        loop = asyncio.get_running_loop()
+        request = _Request(pixels, loop.create_future(), loop.time())
+        self._queue.append(request)
+        self._queued_images += len(pixels)
+        self._dispatch()
+        return await request.future
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue and self._running < self.max_concurrent_batches:
+            if self.max_batch_delay_s and self._queued_images < self.max_batch_size:
+                due = self._queue[0].arrived + self.max_batch_delay_s
+                if loop.time() < due:  # a partial batch: wait for company until `due`
+                    if self._timer is None:
+                        self._timer = loop.call_at(due, self._on_timer)
+                    return
+            batch = self._take()
+            if batch:
+                self._start(batch)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _take(self) -> list[_Request]:
+        """Queued requests in order, up to max_batch_size images (a bigger single one alone)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch: list[_Request] = []
+        images = 0
+        while self._queue:
+            request = self._queue[0]
+            size = len(request.pixels)
+            if batch and images + size > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_images -= size
+            if request.future.done():  # cancelled while waiting: never computed
+                continue
+            batch.append(request)
+            images += size
+        return batch
+
+    def _start(self, batch: list[_Request]) -> None:
+        self._running += 1
+        loop = asyncio.get_running_loop()
+        pixels = [request.pixels for request in batch]
+        done = loop.run_in_executor(self._executor, _run_batch, self._run, pixels)
+        done.add_done_callback(lambda finished: self._finish(batch, finished))
+
+    def _finish(self, batch: list[_Request], finished: asyncio.Future[Array]) -> None:
+        self._running -= 1
+        error = finished.exception()
+        offset = 0
+        for request in batch:
+            size = len(request.pixels)
+            if not request.future.done():
+                if error is not None:
+                    request.future.set_exception(error)
+                else:
+                    request.future.set_result(finished.result()[offset : offset + size])
+            offset += size
+        self._dispatch()
+
+
+def _run_batch(run: Callable[[Array], Array], pixels: list[Array]) -> Array:
+    """In the worker thread: one array for the whole batch, one call."""
+    return run(pixels[0] if len(pixels) == 1 else np.concatenate(pixels))
