@@ -9,7 +9,7 @@ MODEL ?= fashion
 APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install system-packages run train test lint format clean proto bench
+.PHONY: install system-packages run train test lint format clean proto bench readme
 
 install: system-packages $(VENV)/.installed
 
@@ -51,6 +51,12 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the README's settings table from service/settings.py (a test checks they agree).
+readme: install
+	$(BIN)/python -c 'import re, pathlib; from service.settings import settings_table as t; \
+	p = pathlib.Path("README.md"); s = p.read_text(); \
+	p.write_text(re.sub(r"\| flag \| environment .*?\n(?=\n)", lambda m: t() + "\n", s, flags=re.S))'
 
 # Regenerate the committed gRPC stubs; tests/test_proto.py fails when they drift.
 PB_DIR ?= client/_pb

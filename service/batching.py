@@ -1,10 +1,14 @@
 """The adaptive batcher: concurrent requests for one model version become one batch.
 
-Requests queue as they arrive. Whenever a worker slot is free the batcher takes everything
-already queued (up to `max_batch_size` images) and runs it as one call in a worker thread;
-an idle server therefore dispatches a lone request at once, while a busy one naturally forms
-larger batches. `max_batch_delay_s` > 0 lets a partial batch wait that long for company
-(more throughput, more latency); the default 0 never waits.
+Requests queue as they arrive. On the next turn of the event loop, if a worker slot is
+free, the batcher takes everything already queued (up to `max_batch_size` images) and runs
+it as one call; an idle server therefore dispatches a lone request at once, while a busy
+one naturally forms larger batches. `max_batch_delay_s` > 0 lets a partial batch wait that
+long for company (more throughput, more latency); the default 0 never waits.
+
+Batches of at most `inline_max_images` run right on the event loop: for a small model in
+numpy a thread hand-off (and the GIL ping-pong that comes with it) costs more than the
+arithmetic. Larger batches, and every TensorFlow call, run in worker threads.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Batcher:
         max_batch_size: int = 256,
         max_batch_delay_s: float = 0.0,
         max_concurrent_batches: int = 1,
+        inline_max_images: int = 0,
     ) -> None:
         if max_batch_size < 1 or max_concurrent_batches < 1 or max_batch_delay_s < 0:
             raise ValueError("max_batch_size and max_concurrent_batches >= 1, delay >= 0")
@@ -54,6 +59,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
         self.max_concurrent_batches = max_concurrent_batches
+        self.inline_max_images = inline_max_images
+        self._dispatch_scheduled = False
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_images = 0
         self._running = 0
@@ -68,10 +75,13 @@ class Batcher:
         request = _Request(pixels, loop.create_future(), loop.time())
         self._queue.append(request)
         self._queued_images += len(pixels)
-        self._dispatch()
+        if not self._dispatch_scheduled:  # requests arriving in this loop turn share a batch
+            self._dispatch_scheduled = True
+            loop.call_soon(self._dispatch)
         return await request.future
 
     def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
         loop = asyncio.get_running_loop()
         while self._queue and self._running < self.max_concurrent_batches:
             if self.max_batch_delay_s and self._queued_images < self.max_batch_size:
@@ -109,25 +119,36 @@ class Batcher:
         return batch
 
     def _start(self, batch: list[_Request]) -> None:
-        self._running += 1
-        loop = asyncio.get_running_loop()
         pixels = [request.pixels for request in batch]
-        done = loop.run_in_executor(self._executor, _run_batch, self._run, pixels)
+        if sum(len(p) for p in pixels) <= self.inline_max_images:
+            try:
+                self._resolve(batch, _run_batch(self._run, pixels), None)
+            except Exception as exc:
+                self._resolve(batch, None, exc)
+            return
+        self._running += 1
+        done = asyncio.get_running_loop().run_in_executor(
+            self._executor, _run_batch, self._run, pixels
+        )
         done.add_done_callback(lambda finished: self._finish(batch, finished))
 
     def _finish(self, batch: list[_Request], finished: asyncio.Future[Array]) -> None:
         self._running -= 1
         error = finished.exception()
+        self._resolve(batch, None if error else finished.result(), error)
+        self._dispatch()
+
+    @staticmethod
+    def _resolve(batch: list[_Request], result: Array | None, error: BaseException | None) -> None:
         offset = 0
         for request in batch:
             size = len(request.pixels)
             if not request.future.done():
-                if error is not None:
-                    request.future.set_exception(error)
+                if result is None:
+                    request.future.set_exception(error or RuntimeError("no result"))
                 else:
-                    request.future.set_result(finished.result()[offset : offset + size])
+                    request.future.set_result(result[offset : offset + size])
             offset += size
-        self._dispatch()
 
 
 def _run_batch(run: Callable[[Array], Array], pixels: list[Array]) -> Array:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         "auto (numpy when it supports every layer)",
     )
     max_batch_size: int = Field(256, ge=1, description="most images the batcher puts in one batch")
+    inline_max_images: int = Field(
+        32, ge=0, description="numpy batches up to this size run on the event loop, not a thread"
+    )
     max_batch_delay_ms: float = Field(
         0.0, ge=0, description="how long a partial batch may wait for more requests (0: never)"
     )

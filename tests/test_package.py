@@ -20,7 +20,7 @@ PUBLIC = {
 MODULES = [
     "client.client", "client.errors", "client.tensors", "service.errors", "service.images",
     "service.metrics", "service.model", "service.repository", "service.settings",
-    "service.grpc.server", "service.grpc.servicer", "service.grpc.interceptors",
+    "service.grpc.server", "service.grpc.servicer", "service.grpc.boundary",
     "training.data", "training.model", "training.reference", "training.train",
 ]  # fmt: skip
 

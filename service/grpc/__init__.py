@@ -1,3 +1,3 @@
-"""The gRPC transport: server lifecycle, thin servicers, and the one error/metrics interceptor."""
+"""The gRPC transport: server lifecycle, thin servicers, and the one error/metrics boundary."""
 
-__all__ = ["interceptors", "server", "servicer"]
+__all__ = ["boundary", "server", "servicer"]

@@ -16,7 +16,6 @@ from grpc_reflection.v1alpha import reflection
 from client._pb.convserve.v1 import convserve_pb2 as pb
 from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from service.batching import Batcher
-from service.grpc.interceptors import ServiceInterceptor
 from service.grpc.servicer import ConvServeServicer
 from service.model import Model
 from service.repository import Repository
@@ -53,6 +52,7 @@ class Server:
             max_batch_size=self.settings.max_batch_size,
             max_batch_delay_s=self.settings.max_batch_delay_ms / 1000,
             max_concurrent_batches=self.settings.inference_threads,
+            inline_max_images=self.settings.inline_max_images if model.runtime == "numpy" else 0,
         )
         return model
 
@@ -64,7 +64,6 @@ class Server:
         started = time.perf_counter()
         size = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ServiceInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),

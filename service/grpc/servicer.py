@@ -15,7 +15,7 @@ from client._pb.convserve.v1 import convserve_pb2 as pb
 from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from client.tensors import to_tensor
 from service.errors import InvalidInput
-from service.grpc.interceptors import answered_by
+from service.grpc.boundary import answered_by, rpc
 from service.images import decode_files, from_images, is_encoded
 from service.model import Model
 from service.repository import Repository
@@ -34,6 +34,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         self._executor = executor
         self._max_images = max_images
 
+    @rpc
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PredictResponse:
@@ -47,6 +48,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             probabilities = await model.batcher.submit(pixels)
         return predict_response(model, probabilities, request.top_k or DEFAULT_TOP_K)
 
+    @rpc
     async def FeatureMap(
         self, request: pb.FeatureMapRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FeatureMapResponse:
@@ -64,11 +66,13 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             pre_activations=to_tensor(pre) if pre is not None else None,
         )
 
+    @rpc
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelMetadata:
         return metadata_message(self._model(request.model), self._repository)
 
+    @rpc
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:

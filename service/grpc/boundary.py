@@ -1,0 +1,76 @@
+"""The one error and metrics boundary: every servicer method is wrapped by `@rpc`.
+
+It maps `ServiceError` to its status and anything else to INTERNAL (traceback logged, a
+generic message to the caller), and counts each call by model, version, method and code
+with its latency. (A grpc.aio ServerInterceptor did the same at 15% of the ceiling's
+throughput: it wraps every call in another handler and coroutine. See bench/.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from service import metrics
+from service.errors import ServiceError
+
+__all__ = ["answered_by", "rpc"]
+
+log = logging.getLogger(__name__)
+
+# The model and version a request resolved to, set by the servicer for the metrics' labels.
+answered_by: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
+    "answered_by", default=("", "")
+)
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+
+def _record(model: str, version: str, method: str, code: str, seconds: float) -> None:
+    key = (model, version, method, code)
+    series = _series.get(key)
+    if series is None:  # label lookups cost more than the increments: do them once
+        series = _series[key] = (
+            metrics.REQUESTS.labels(model, version, method, code),
+            metrics.REQUEST_DURATION.labels(model, method),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
+
+
+def rpc(handler: Handler) -> Handler:
+    """Wrap a unary servicer method `async def Method(self, request, context)`."""
+    method = handler.__name__
+
+    @functools.wraps(handler)
+    async def boundary(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter()
+        answered_by.set(("", ""))
+        code = grpc.StatusCode.OK
+        try:
+            return await handler(self, request, context)
+        except ServiceError as exc:
+            code = exc.code
+            await context.abort(code, str(exc))
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method)
+            await context.abort(code, "internal error; the server log has the details")
+        finally:
+            _record(*answered_by.get(), method, code.name, time.perf_counter() - started)
+
+    return boundary  # type: ignore[return-value]
