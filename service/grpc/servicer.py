@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -19,8 +20,9 @@ from service.grpc.boundary import answered_by, rpc
 from service.images import decode_files, from_images, is_encoded
 from service.model import Model
 from service.repository import Repository
+from service.responses import PredictEncoder
 
-__all__ = ["ConvServeServicer", "layer_message"]
+__all__ = ["ConvServeServicer", "layer_message", "metadata_message"]
 
 DEFAULT_TOP_K = 3
 T = TypeVar("T")
@@ -33,6 +35,9 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         self._repository = repository
         self._executor = executor
         self._max_images = max_images
+        self._encoders: weakref.WeakKeyDictionary[Model, PredictEncoder] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @rpc
     async def Predict(
@@ -46,7 +51,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             probabilities = await self._run(model.predict, pixels)
         else:
             probabilities = await model.batcher.submit(pixels)
-        return predict_response(model, probabilities, request.top_k or DEFAULT_TOP_K)
+        return self._encoder(model).encode(probabilities, request.top_k or DEFAULT_TOP_K)
 
     @rpc
     async def FeatureMap(
@@ -89,6 +94,14 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             ]
         )
 
+    def _encoder(self, model: Model) -> PredictEncoder:
+        encoder = self._encoders.get(model)
+        if encoder is None:
+            encoder = self._encoders[model] = PredictEncoder(
+                model.name, model.version, model.class_names
+            )
+        return encoder
+
     def _model(self, spec: pb.ModelSpec) -> Model:
         model = self._repository.get(spec.name, spec.version)
         answered_by.set((model.name, str(model.version)))
@@ -103,25 +116,6 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-
-
-def predict_response(model: Model, probabilities: np.ndarray, top_k: int) -> pb.PredictResponse:
-    top_k = min(top_k, len(model.class_names))
-    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    names = model.class_names
-    return pb.PredictResponse(
-        model=pb.ModelSpec(name=model.name, version=model.version),
-        probabilities=to_tensor(probabilities),
-        predictions=[
-            pb.Prediction(
-                top=[
-                    pb.ClassScore(index=int(i), name=names[i], score=float(row[i])) for i in indices
-                ]
-            )
-            for row, indices in zip(probabilities, best, strict=True)
-        ],
-        class_names=names,
-    )
 
 
 def layer_message(layer: dict[str, Any]) -> pb.Layer:

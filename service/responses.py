@@ -1,0 +1,65 @@
+"""PredictResponse encoding on the hot path: the top-k lists written as bytes, not objects.
+
+Building one ClassScore message per class per image costs ~11 µs an image in Python
+(0.7 ms for a 64-image request, more than the model itself); writing the same wire bytes
+from per-class prefixes computed once costs a fraction of that. The result parses to
+exactly the message the plain construction gives (a test holds them equal).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from client._pb.convserve.v1 import convserve_pb2 as pb
+from client.tensors import to_tensor
+
+__all__ = ["PredictEncoder"]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field: key, length, payload."""
+    size = len(payload)
+    return bytes((tag, size)) + payload if size < 0x80 else bytes((tag,)) + _varint(size) + payload
+
+
+class PredictEncoder:
+    """Encodes Predict answers for one model version."""
+
+    def __init__(self, name: str, version: int, class_names: tuple[str, ...]) -> None:
+        self.class_names = class_names
+        self._header = pb.PredictResponse(
+            model=pb.ModelSpec(name=name, version=version), class_names=class_names
+        ).SerializeToString()
+        # Prediction.top entry: key, length, ClassScore{index = 1, name = 2, score = 3 (fixed32)}
+        # up to the score's 4 bytes, which are the only part that varies.
+        self._prefix = [
+            _field(
+                0x0A, b"\x08" + _varint(index) + _field(0x12, label.encode()) + b"\x1d" + bytes(4)
+            )[:-4]
+            for index, label in enumerate(class_names)
+        ]
+
+    def encode(self, probabilities: np.ndarray, top_k: int) -> pb.PredictResponse:
+        top_k = min(top_k, len(self.class_names))
+        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        scores = np.take_along_axis(probabilities, best, axis=1).astype("<f4").tobytes()
+        prefix = self._prefix
+        predictions = []
+        position = 0
+        for indices in best.tolist():
+            entries = []
+            for index in indices:
+                entries += (prefix[index], scores[position : position + 4])
+                position += 4
+            predictions.append(_field(0x1A, b"".join(entries)))  # PredictResponse.predictions
+        body = self._header + _field(0x12, to_tensor(probabilities).SerializeToString())
+        return pb.PredictResponse.FromString(body + b"".join(predictions))
