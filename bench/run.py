@@ -106,10 +106,11 @@ def grpc_errors(metrics_port: int) -> int:
 
 
 def profile(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy in raw (collapsed stacks) form; `top_frames` summarises it."""
+    """py-spy: a flame graph if `output` ends in .svg, else collapsed stacks for `top_frames`."""
+    kind = "flamegraph" if output.suffix == ".svg" else "raw"
     return subprocess.Popen(
         ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-         "--format", "raw", "--output", str(output), "--nonblocking"],
+         "--format", kind, "--output", str(output), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -129,7 +130,11 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--model", default="fashion")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per case")
-    parser.add_argument("--profile", type=Path, help="py-spy the server under the c64 uint8 load")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the server under the c64 uint8 load: PATH.svg (flame graph) or PATH.txt",
+    )
     parser.add_argument("server_args", nargs="*", help="extra `convserve serve` flags, after --")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -175,7 +180,7 @@ def main() -> None:
             )
     print("ratio: mean latency ÷ ceiling's at c1, req/s ÷ ceiling's otherwise")
     print(f"convserve: start to SERVING {to_serving:.2f} s, RSS after the run {rss:.0f} MB")
-    if args.profile:
+    if args.profile and args.profile.suffix != ".svg":
         print(f"\nprofile of the c64 uint8 case ({args.profile}), self time:")
         for frame, share in top_frames(args.profile):
             print(f"{share:6.1%}  {frame}")

@@ -56,7 +56,7 @@ class PredictEncoder:
         predictions = []
         position = 0
         for indices in best.tolist():
-            entries = []
+            entries: list[bytes] = []
             for index in indices:
                 entries += (prefix[index], scores[position : position + 4])
                 position += 4
