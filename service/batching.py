@@ -51,6 +51,7 @@ class Batcher:
         max_batch_delay_s: float = 0.0,
         max_concurrent_batches: int = 1,
         inline_max_images: int = 0,
+        observe_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_concurrent_batches < 1 or max_batch_delay_s < 0:
             raise ValueError("max_batch_size and max_concurrent_batches >= 1, delay >= 0")
@@ -60,6 +61,7 @@ class Batcher:
         self.max_batch_delay_s = max_batch_delay_s
         self.max_concurrent_batches = max_concurrent_batches
         self.inline_max_images = inline_max_images
+        self._observe_batch = observe_batch
         self._dispatch_scheduled = False
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_images = 0
@@ -120,7 +122,10 @@ class Batcher:
 
     def _start(self, batch: list[_Request]) -> None:
         pixels = [request.pixels for request in batch]
-        if sum(len(p) for p in pixels) <= self.inline_max_images:
+        images = sum(len(p) for p in pixels)
+        if self._observe_batch is not None:
+            self._observe_batch(images)
+        if images <= self.inline_max_images:
             try:
                 self._resolve(batch, _run_batch(self._run, pixels), None)
             except Exception as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["MODEL_LOADED", "MODEL_LOAD_FAILURES", "REQUESTS", "REQUEST_DURATION"]
+__all__ = ["BATCH_SIZE", "MODEL_LOADED", "MODEL_LOAD_FAILURES", "REQUESTS", "REQUEST_DURATION"]
 
 # From sub-millisecond single images to multi-second large batches.
 LATENCY_BUCKETS = (
@@ -21,6 +21,12 @@ REQUEST_DURATION = Histogram(
     "Time from a request's arrival to its answer, by model and method.",
     ["model", "method"],
     buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "convserve_batch_size",
+    "Images per batch the batcher ran, by model and version.",
+    ["model", "version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
 MODEL_LOADED = Gauge(
     "convserve_model_loaded",

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from client._pb.convserve.v1 import convserve_pb2 as pb
 from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from service import metrics
 from service.batching import Batcher
 from service.grpc.servicer import ConvServeServicer
 from service.model import Model
@@ -53,6 +54,7 @@ class Server:
             max_batch_delay_s=self.settings.max_batch_delay_ms / 1000,
             max_concurrent_batches=self.settings.inference_threads,
             inline_max_images=self.settings.inline_max_images if model.runtime == "numpy" else 0,
+            observe_batch=metrics.BATCH_SIZE.labels(model.name, str(model.version)).observe,
         )
         return model
 

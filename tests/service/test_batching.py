@@ -141,3 +141,15 @@ async def test_concurrent_batches_are_bounded(executor: ThreadPoolExecutor) -> N
     batcher = Batcher(run, executor, max_batch_size=1, max_concurrent_batches=2)
     await asyncio.gather(*(batcher.submit(rows(i)) for i in range(12)))
     assert peak == 2
+
+
+async def test_batch_sizes_are_observed(executor: ThreadPoolExecutor) -> None:
+    sizes: list[int] = []
+    run = Gated()
+    batcher = Batcher(run, executor, max_batch_size=8, observe_batch=sizes.append)
+    first = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+    await run.wait_started()
+    rest = [batcher.submit(rows(i)) for i in range(3)]
+    run.gate.set()
+    await asyncio.gather(first, *rest)
+    assert sizes == [2, 3]
