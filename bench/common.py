@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from client import Client
@@ -22,10 +23,15 @@ def free_port() -> int:
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the workers of --workers N)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total += int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_mb(int(child))
+    return total
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -62,7 +68,25 @@ def start_convserve(
     )  # fmt: skip
     target = f"127.0.0.1:{port}"
     wait_serving(target, process, model)
+    if "--workers" in extra:  # every worker, not just the first, must be serving
+        workers = int(extra[extra.index("--workers") + 1])
+        for index in range(workers if metrics else 0):
+            _wait_loaded(metrics_port + index, process)
     return process, target, metrics_port, time.perf_counter() - started
+
+
+def _wait_loaded(metrics_port: int, process: subprocess.Popen[bytes]) -> None:
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as page:
+                if "convserve_model_loaded{" in page.read().decode():
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None:
+            sys.exit(f"server exited with {process.returncode}")
+        time.sleep(0.05)
 
 
 def start_ceiling() -> tuple[subprocess.Popen[bytes], str]:

@@ -87,13 +87,15 @@ def h2load(target: str, case: Case, body: Path, seconds: float, log: Path) -> Re
     )
 
 
-def grpc_errors(metrics_port: int) -> int:
+def grpc_errors(metrics_ports: list[int]) -> int:
     """Predict calls the server answered with a non-OK gRPC status, so far.
 
     CANCELLED is not counted: h2load cancels the streams still in flight when its time is up.
     """
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
-        text = page.read().decode()
+    text = ""
+    for port in metrics_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            text += page.read().decode()
     total = 0.0
     for line in text.splitlines():
         if (
@@ -144,6 +146,12 @@ def main() -> None:
     server, target, metrics_port, to_serving = start_convserve(
         args.models_dir, args.model, *args.server_args, metrics=True
     )
+    workers = (
+        int(args.server_args[args.server_args.index("--workers") + 1])
+        if "--workers" in args.server_args
+        else 1
+    )
+    metrics_ports = [metrics_port + i for i in range(workers)]
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -151,12 +159,12 @@ def main() -> None:
             for case in CASES:
                 body = _request_file(case, directory)
                 base = h2load(ceiling_target, case, body, args.seconds, directory / "ceiling.log")
-                before = grpc_errors(metrics_port)
+                before = grpc_errors(metrics_ports)
                 spy = None
                 if args.profile and case.name == "1 img uint8  c64":
                     spy = profile(server.pid, args.seconds + 2, args.profile)
                 ours = h2load(target, case, body, args.seconds, directory / "convserve.log")
-                ours.errors += grpc_errors(metrics_port) - before
+                ours.errors += grpc_errors(metrics_ports) - before
                 if spy is not None:
                     spy.wait()
                 rows.append((case, base, ours))

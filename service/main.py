@@ -69,8 +69,54 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if settings.workers > 1:
+        return supervise(settings)
     asyncio.run(serve(settings))
     return 0
+
+
+def supervise(settings: Any) -> int:
+    """Run `settings.workers` single-worker servers on one port; forward signals; exit with them.
+
+    One Python process tops out at one core (the event loop); the kernel spreads incoming
+    connections over processes bound with SO_REUSEPORT (grpc's default on Linux).
+    """
+    import subprocess
+
+    log = logging.getLogger(__name__)
+    if settings.port == 0:
+        print("convserve serve: error: --workers > 1 needs a fixed --port", file=sys.stderr)
+        return 2
+    base = {
+        f"CONVSERVE_{name.upper()}": str(value) for name, value in settings.model_dump().items()
+    }
+    children = []
+    for index in range(settings.workers):
+        env = {**os.environ, **base, "CONVSERVE_WORKERS": "1"}
+        if settings.metrics_port > 0:
+            env["CONVSERVE_METRICS_PORT"] = str(settings.metrics_port + index)
+        children.append(subprocess.Popen([sys.executable, "-m", "service"], env=env))
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    log.info("started %d workers: pids %s", len(children), [c.pid for c in children])
+    codes: list[int] = []
+    while len(codes) < len(children):
+        pid, status = os.wait()
+        codes.append(os.waitstatus_to_exitcode(status))
+        if not stopping:  # a worker died on its own: take the others down, report failure
+            log.error("worker %d exited with %d; stopping the others", pid, codes[-1])
+            forward(signal.SIGTERM, None)
+            codes[-1] = codes[-1] or 1
+    return max(codes, key=abs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

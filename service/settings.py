@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(
         0.0, ge=0, description="how long a partial batch may wait for more requests (0: never)"
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="server processes sharing the gRPC port (SO_REUSEPORT), each with every "
+        "model; worker i exports metrics on metrics_port + i",
+    )
     grace_seconds: float = Field(
         10.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )

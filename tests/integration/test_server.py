@@ -158,3 +158,39 @@ def test_sigterm_drains_and_exits_zero(serve_process) -> None:
     assert process.wait(timeout=60) == 0
     assert process.stderr is not None
     assert "stopped" in process.stderr.read()
+
+
+def test_workers_share_the_port_and_stop_together(models_dir: Path) -> None:
+    port, metrics_port = _free_port(), _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+         "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--workers", "2",
+         "--models-dir", str(models_dir), "--default-model", "fashion"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        serving = 0
+        for line in process.stderr:  # each worker logs one line once it serves
+            serving += " serving " in line
+            if serving == 2:
+                break
+        # New connections are spread over the workers by the kernel (SO_REUSEPORT).
+        for _ in range(16):
+            with Client(f"127.0.0.1:{port}") as client:
+                assert client.predict(np.zeros((1, 28, 28), np.uint8)).model == "fashion"
+        answered = []
+        for worker in range(2):
+            url = f"http://127.0.0.1:{metrics_port + worker}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as page:
+                answered.append(
+                    _metric(page.read().decode(), "convserve_requests_total", method="Predict")
+                )
+        assert sum(answered) == 16 and all(answered), answered
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
