@@ -20,6 +20,8 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from service.errors import Unavailable
+
 __all__ = ["Batcher"]
 
 Array = np.ndarray
@@ -139,7 +141,10 @@ class Batcher:
 
     def _finish(self, batch: list[_Request], finished: asyncio.Future[Array]) -> None:
         self._running -= 1
-        error = finished.exception()
+        if finished.cancelled():  # the executor shut down under it
+            error: BaseException | None = Unavailable("the server is shutting down; retry")
+        else:
+            error = finished.exception()
         self._resolve(batch, None if error else finished.result(), error)
         self._dispatch()
 
