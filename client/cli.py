@@ -133,22 +133,19 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_serve(subparsers: Any) -> None:
-    try:
-        from service.main import add_arguments
-    except ImportError:  # a client-only install: no pydantic-settings, no TensorFlow
-        installed = False
-    else:
-        installed = True
     parser = subparsers.add_parser(
         "serve",
         help="serve the models in MODELS_DIR over gRPC",
         description="Serve every model under MODELS_DIR over gRPC until SIGTERM/SIGINT. "
         "Each flag is also an environment variable CONVSERVE_<NAME>.",
     )
-    if not installed:
+    try:
+        from service.main import add_arguments
+
+        add_arguments(parser)  # imports pydantic-settings
+    except ImportError:  # a client-only install: no pydantic-settings, no TensorFlow
         parser.set_defaults(run=_serve_not_installed)
     else:
-        add_arguments(parser)
         parser.set_defaults(run=_run_serve)
 
 

@@ -187,6 +187,8 @@ def _images_message(images: Images) -> pb.Images:
                     f"images of dtype {array.dtype}: expected uint8 or float pixels 0..255"
                 )
         return pb.Images(tensor=to_tensor(array))
+    if isinstance(images, str | bytes | os.PathLike):
+        raise TypeError("images: pass a list of files (paths or bytes), or an array of pixels")
     files = [item if isinstance(item, bytes) else Path(item).read_bytes() for item in images]
     return pb.Images(encoded=pb.EncodedImages(files=files))
 

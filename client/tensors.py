@@ -59,4 +59,7 @@ def from_tensor(tensor: pb.Tensor) -> np.ndarray:
             f"tensor content is {len(tensor.content)} bytes but shape {list(shape)} of "
             f"{dtype_name(tensor.dtype)} needs {expected}"
         )
-    return np.frombuffer(tensor.content, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(tensor.content, dtype=dtype).reshape(shape)
+    except ValueError as exc:  # e.g. a zero dimension beside huge ones
+        raise TensorError(f"tensor shape {list(shape)}: {exc}") from None

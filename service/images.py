@@ -33,9 +33,9 @@ def from_images(images: pb.Images, shape: tuple[int, int, int], max_images: int)
     except TensorError as exc:
         raise InvalidInput(str(exc)) from None
     height, width, channels = shape
-    accepted = {(height, width), (height, width, channels), (height * width * channels,)}
+    accepted = {(height, width, channels), (height * width * channels,)}
     if channels == 1:
-        accepted.add((height, width, 1))
+        accepted.add((height, width))
     if array.ndim < 2 or array.shape[1:] not in accepted:
         raise InvalidInput(
             f"images tensor has shape {list(array.shape)}; expected [N, {height}, {width}], "

@@ -83,6 +83,8 @@ def supervise(settings: Any) -> int:
     """
     import subprocess
 
+    from service.grpc.server import WORKER_ENV
+
     log = logging.getLogger(__name__)
     if settings.port == 0:
         print("convserve serve: error: --workers > 1 needs a fixed --port", file=sys.stderr)
@@ -92,7 +94,7 @@ def supervise(settings: Any) -> int:
     }
     children = []
     for index in range(settings.workers):
-        env = {**os.environ, **base, "CONVSERVE_WORKERS": "1"}
+        env = {**os.environ, **base, "CONVSERVE_WORKERS": "1", WORKER_ENV: "1"}
         if settings.metrics_port > 0:
             env["CONVSERVE_METRICS_PORT"] = str(settings.metrics_port + index)
         children.append(subprocess.Popen([sys.executable, "-m", "service"], env=env))

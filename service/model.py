@@ -15,6 +15,7 @@ import numpy as np
 
 from service.batching import Batcher
 from service.errors import InvalidInput, ModelLoadError, NotFound
+from service.responses import PredictEncoder
 from service.runtime import NumpyRuntime, Unsupported
 from training.train import ARTIFACT_FORMAT, METADATA_FILE, MODEL_FILE, sha256_file
 
@@ -81,6 +82,7 @@ class Model:
                 log.info("%s: numpy runtime unsupported (%s); using tensorflow", path, exc)
         # Set by the server: Predict calls go through it, coalesced with their neighbours.
         self.batcher: Batcher | None = None
+        self.encoder = PredictEncoder(self.name, self.version, self.class_names)
         self._features: dict[str, _FeatureFunction] = {}
         self._features_lock = threading.Lock()
 

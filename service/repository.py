@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service import metrics
-from service.errors import InvalidInput, ModelLoadError, NotFound
+from service.errors import InvalidInput, ModelLoadError, NotFound, Unavailable
 from service.model import Model
 
 __all__ = ["ModelStatus", "Repository"]
@@ -36,6 +36,7 @@ class Repository:
         self._default = default_model
         self._load = load
         self._models: dict[str, dict[int, Model]] = {}
+        self.loaded = False  # requests get UNAVAILABLE until load_all has finished
         # Versions that failed to load, with the reason, e.g. {"fashion/3": "sha256 ..."}.
         self.failures: dict[str, str] = {}
 
@@ -46,7 +47,9 @@ class Repository:
                 "models dir %s does not exist; train a model with `convserve train`",
                 self.models_dir,
             )
+            self.loaded = True
             return
+        models: dict[str, dict[int, Model]] = {}
         for model_dir in sorted(
             p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
         ):
@@ -61,8 +64,9 @@ class Repository:
                     log.exception("loading %s failed", version_dir)
                     self._failed(version_dir, f"{type(exc).__name__}: {exc}")
                 else:
-                    self._models.setdefault(model.name, {})[model.version] = model
+                    models.setdefault(model.name, {})[model.version] = model
                     metrics.MODEL_LOADED.labels(model.name, str(model.version)).set(1)
+        self._models, self.loaded = models, True  # all at once: no request sees half a load
         if self._default and self._default not in self._models:
             log.error(
                 "default model %r is not loaded; loaded: %s",
@@ -80,6 +84,11 @@ class Repository:
         return sorted(self._models)
 
     @property
+    def default_ready(self) -> bool:
+        """False when a configured default model did not load: requests naming none would fail."""
+        return not self._default or self._default in self._models
+
+    @property
     def default_name(self) -> str | None:
         """The model that answers requests naming none: the configured one, or the only one."""
         if self._default:
@@ -88,6 +97,8 @@ class Repository:
 
     def get(self, name: str = "", version: int = 0) -> Model:
         """The model `name` (default if empty) at `version` (latest if 0)."""
+        if not self.loaded:
+            raise Unavailable("the server is still loading its models; retry shortly")
         if not name:
             default = self.default_name
             if default is None:

@@ -82,7 +82,7 @@ def _activation(layer: Any) -> Op:
     return ACTIVATIONS[name]
 
 
-def _conv(layer: Any) -> Op:
+def _conv(layer: Any, ordinal: int) -> Op:
     if layer.data_format != "channels_last" or layer.groups != 1:
         raise Unsupported(f"{layer.name}: data_format/groups")
     kernel, *bias = layer.get_weights()
@@ -93,7 +93,9 @@ def _conv(layer: Any) -> Op:
     matrix = np.vstack([kernel.reshape(taps, c_out), *bias]).astype(np.float32)
     (sh, sw), (dh, dw), padding = layer.strides, layer.dilation_rate, layer.padding
     activation = _activation(layer)
-    columns_key, out_key = object(), object()  # this op's scratch arrays
+    # Scratch arrays shared by every conv of every model on this thread: the columns are dead
+    # once multiplied; outputs alternate so a conv never writes over its own input.
+    columns_key, out_key = 0, 1 + ordinal % 2
 
     def conv(x: Array) -> Array:
         n, h, w, _ = x.shape
@@ -104,7 +106,7 @@ def _conv(layer: Any) -> Op:
             h, w = x.shape[1:3]
         out_h, out_w = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
         # im2col: one column block per kernel tap, then a single matrix product.
-        columns = _workspace(id(columns_key), (n, out_h, out_w, len(matrix)))
+        columns = _workspace(columns_key, (n, out_h, out_w, len(matrix)))
         for i in range(kh):
             for j in range(kw):
                 tap = (i * kw + j) * c_in
@@ -112,7 +114,7 @@ def _conv(layer: Any) -> Op:
                     :, i * dh : i * dh + sh * out_h : sh, j * dw : j * dw + sw * out_w : sw, :
                 ]
         columns[..., taps:] = 1
-        out = _workspace(id(out_key), (n * out_h * out_w, c_out))
+        out = _workspace(out_key, (n * out_h * out_w, c_out))
         np.matmul(columns.reshape(-1, len(matrix)), matrix, out=out)
         return activation(out).reshape(n, out_h, out_w, c_out)
 
@@ -162,12 +164,13 @@ def _max_pool(layer: Any) -> Op:
     return pool
 
 
-def _compile(layer: Any) -> Op | None:
+def _compile(layer: Any, ordinal: int) -> Op | None:
+    """The op for one layer; `ordinal` counts the conv layers before it."""
     kind = type(layer).__name__
     if kind == "InputLayer" or kind == "Dropout":
         return None
     if kind == "Conv2D":
-        return _conv(layer)
+        return _conv(layer, ordinal)
     if kind == "Dense":
         return _dense(layer)
     if kind == "BatchNormalization":
@@ -195,7 +198,13 @@ class NumpyRuntime:
         for previous, layer in itertools.pairwise(layers):
             if len(layer._inbound_nodes) != 1 or layer.input is not previous.output:
                 raise Unsupported(f"{layer.name}: not a plain sequential stack")
-        return cls([op for op in map(_compile, layers) if op is not None], scale, offset)
+        ops, convs = [], 0
+        for layer in layers:
+            op = _compile(layer, convs)
+            convs += type(layer).__name__ == "Conv2D"
+            if op is not None:
+                ops.append(op)
+        return cls(ops, scale, offset)
 
     def predict(self, pixels: Array) -> Array:
         """Pixels float32 [N, H, W, C], 0..255 → the model's output, float32 [N, classes]."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,8 @@ __all__ = ["Server"]
 
 log = logging.getLogger(__name__)
 
+# Set by `--workers` for its children, the only processes that may share a port.
+WORKER_ENV = "CONVSERVE_SHARED_PORT_WORKER"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConvServe"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -69,11 +72,15 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
+                # Sharing a port is for --workers only: a second server started by mistake
+                # on a busy port must fail, not silently take half the connections.
+                ("grpc.so_reuseport", int(os.environ.get(WORKER_ENV) == "1")),
             ],
         )
-        pb_grpc.add_ConvServeServicer_to_server(
-            ConvServeServicer(self.repository, self._executor, self.settings.max_images), server
+        servicer = ConvServeServicer(
+            self.repository, self._executor, self.settings.max_images, size
         )
+        pb_grpc.add_ConvServeServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -86,13 +93,14 @@ class Server:
         )
         port = server.add_insecure_port(address)
         await self._set_health(NOT_SERVING, [])
+        self._start_metrics()  # first: if its port is taken, nothing is left running
         await server.start()
         self._grpc = server
-        self._start_metrics()
 
         await asyncio.get_running_loop().run_in_executor(self._executor, self.repository.load_all)
         names = self.repository.names
-        await self._set_health(SERVING if names else NOT_SERVING, names)
+        ready = bool(names) and self.repository.default_ready
+        await self._set_health(SERVING if ready else NOT_SERVING, names)
         log.info(
             "serving %s on %s (port %d) after %.2f s; metrics on port %s",
             ", ".join(names) or "no models",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
+import math
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -15,12 +15,11 @@ import numpy as np
 from client._pb.convserve.v1 import convserve_pb2 as pb
 from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from client.tensors import to_tensor
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ResourceExhausted
 from service.grpc.boundary import answered_by, rpc
 from service.images import decode_files, from_images, is_encoded
 from service.model import Model
 from service.repository import Repository
-from service.responses import PredictEncoder
 
 __all__ = ["ConvServeServicer", "layer_message", "metadata_message"]
 
@@ -31,13 +30,13 @@ T = TypeVar("T")
 class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
     """TensorFlow runs in `executor`'s threads; the event loop only decodes and encodes."""
 
-    def __init__(self, repository: Repository, executor: Executor, max_images: int) -> None:
+    def __init__(
+        self, repository: Repository, executor: Executor, max_images: int, max_message_bytes: int
+    ) -> None:
         self._repository = repository
         self._executor = executor
         self._max_images = max_images
-        self._encoders: weakref.WeakKeyDictionary[Model, PredictEncoder] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._max_message_bytes = max_message_bytes
 
     @rpc
     async def Predict(
@@ -51,7 +50,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             probabilities = await self._run(model.predict, pixels)
         else:
             probabilities = await model.batcher.submit(pixels)
-        return self._encoder(model).encode(probabilities, request.top_k or DEFAULT_TOP_K)
+        return model.encoder.encode(probabilities, request.top_k or DEFAULT_TOP_K)
 
     @rpc
     async def FeatureMap(
@@ -61,6 +60,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         layer = request.layer or model.default_layer
         model.check_layer(layer)
         pixels = await self._pixels(request.images, model)
+        self._check_feature_map_size(model, layer, len(pixels), request.include_pre_activation)
         activations, pre = await self._run(
             lambda: model.feature_map(pixels, layer, pre_activation=request.include_pre_activation)
         )
@@ -94,13 +94,17 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             ]
         )
 
-    def _encoder(self, model: Model) -> PredictEncoder:
-        encoder = self._encoders.get(model)
-        if encoder is None:
-            encoder = self._encoders[model] = PredictEncoder(
-                model.name, model.version, model.class_names
+    def _check_feature_map_size(self, model: Model, layer: str, images: int, pre: bool) -> None:
+        """Refuse before computing what could not be sent back in one message."""
+        shape = model.layers[layer]["output_shape"]
+        per_image = math.prod(shape) * 4 * (2 if pre else 1)
+        budget = self._max_message_bytes - 64 * 1024  # room for the rest of the response
+        if images * per_image > budget:
+            raise ResourceExhausted(
+                f"the {layer} feature maps {shape} of {images} images are {images * per_image} "
+                f"bytes, over the {self._max_message_bytes}-byte message limit "
+                f"(max_message_bytes); send at most {max(budget // per_image, 0)} images"
             )
-        return encoder
 
     def _model(self, spec: pb.ModelSpec) -> Model:
         model = self._repository.get(spec.name, spec.version)

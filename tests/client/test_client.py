@@ -65,3 +65,9 @@ def test_no_server_is_unavailable() -> None:
         target = f"127.0.0.1:{sock.getsockname()[1]}"
     with Client(target, timeout=5, retries=1) as client, pytest.raises(Unavailable):
         client.health()
+
+
+@pytest.mark.parametrize("single", ["shirt.png", b"\x89PNG", Path("shirt.png")])
+def test_one_file_instead_of_a_list_is_a_clear_error(single: object) -> None:
+    with pytest.raises(TypeError, match="pass a list of files"):
+        _images_message(single)  # type: ignore[arg-type]

@@ -52,3 +52,9 @@ def test_only_uint8_and_float32_are_sent() -> None:
 def test_inconsistent_tensors_are_refused(tensor: pb.Tensor, message: str) -> None:
     with pytest.raises(TensorError, match=message):
         from_tensor(tensor)
+
+
+def test_a_shape_numpy_cannot_make_is_a_tensor_error() -> None:
+    tensor = pb.Tensor(dtype=pb.DATA_TYPE_UINT8, shape=[2**62, 2**62, 0], content=b"")
+    with pytest.raises(TensorError, match=r"tensor shape \[4611686018427387904"):
+        from_tensor(tensor)

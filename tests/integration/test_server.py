@@ -194,3 +194,16 @@ def test_workers_share_the_port_and_stop_together(models_dir: Path) -> None:
             process.kill()
             process.wait()
         process.stderr.close()
+
+
+async def test_a_second_server_on_a_busy_port_fails(server, models_dir: Path) -> None:
+    from service.grpc.server import Server
+    from service.settings import Settings
+
+    port = int(server.target.rsplit(":", 1)[1])
+    second = Server(Settings(host="127.0.0.1", port=port, metrics_port=-1, models_dir=models_dir))
+    try:
+        with pytest.raises(RuntimeError, match=r"(?i)bind"):
+            await second.start()
+    finally:
+        await second.stop(0)
