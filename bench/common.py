@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from client import Client
@@ -39,24 +41,34 @@ def grpc_frame(message: bytes) -> bytes:
     return struct.pack(">?I", False, len(message)) + message
 
 
-def wait_serving(target: str, process: subprocess.Popen[bytes], service: str = "") -> None:
-    """Poll health with a fresh channel each time (no reconnect backoff) until SERVING."""
+def _poll(ready: Callable[[], bool], process: subprocess.Popen[bytes]) -> None:
+    """Call `ready` until it is true; give up if the server process exits first."""
     while True:
         try:
-            with Client(target, timeout=1, retries=0) as client:
-                if client.health(service) == "SERVING":
-                    return
-        except ConvserveError:
+            if ready():
+                return
+        except (ConvserveError, OSError):
             pass
         if process.poll() is not None:
             sys.exit(f"server exited with {process.returncode}")
         time.sleep(0.01)
 
 
+def wait_serving(target: str, process: subprocess.Popen[bytes], service: str = "") -> None:
+    """Poll health with a fresh channel each time (no reconnect backoff) until SERVING."""
+
+    def serving() -> bool:
+        with Client(target, timeout=1, retries=0) as client:
+            return client.health(service) == "SERVING"
+
+    _poll(serving, process)
+
+
 def start_convserve(
     models_dir: Path, model: str, *extra: str, metrics: bool = False
-) -> tuple[subprocess.Popen[bytes], str, int, float]:
-    """`python -m service` on loopback → (process, target, metrics port, seconds to SERVING)."""
+) -> tuple[subprocess.Popen[bytes], str, list[int], float]:
+    """`python -m service` on loopback → (process, target, each worker's metrics port,
+    seconds until every worker is SERVING)."""
     port, metrics_port = free_port(), free_port() if metrics else -1
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -68,25 +80,16 @@ def start_convserve(
     )  # fmt: skip
     target = f"127.0.0.1:{port}"
     wait_serving(target, process, model)
-    if "--workers" in extra:  # every worker, not just the first, must be serving
-        workers = int(extra[extra.index("--workers") + 1])
-        for index in range(workers if metrics else 0):
-            _wait_loaded(metrics_port + index, process)
-    return process, target, metrics_port, time.perf_counter() - started
+    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+    metrics_ports = [metrics_port + index for index in range(workers)] if metrics else []
+    for port in metrics_ports:  # every worker, not only the one health reached, must serve
+        _poll(functools.partial(_model_loaded, port), process)
+    return process, target, metrics_ports, time.perf_counter() - started
 
 
-def _wait_loaded(metrics_port: int, process: subprocess.Popen[bytes]) -> None:
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as page:
-                if "convserve_model_loaded{" in page.read().decode():
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None:
-            sys.exit(f"server exited with {process.returncode}")
-        time.sleep(0.05)
+def _model_loaded(metrics_port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1) as page:
+        return "convserve_model_loaded{" in page.read().decode()
 
 
 def start_ceiling() -> tuple[subprocess.Popen[bytes], str]:

@@ -143,15 +143,9 @@ def main() -> None:
         sys.exit("h2load not found: apt-get install -y nghttp2-client (make bench does)")
 
     ceiling, ceiling_target = start_ceiling()
-    server, target, metrics_port, to_serving = start_convserve(
+    server, target, metrics_ports, to_serving = start_convserve(
         args.models_dir, args.model, *args.server_args, metrics=True
     )
-    workers = (
-        int(args.server_args[args.server_args.index("--workers") + 1])
-        if "--workers" in args.server_args
-        else 1
-    )
-    metrics_ports = [metrics_port + i for i in range(workers)]
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

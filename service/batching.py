@@ -129,9 +129,9 @@ class Batcher:
             self._observe_batch(images)
         if images <= self.inline_max_images:
             try:
-                self._resolve(batch, _run_batch(self._run, pixels), None)
+                self._resolve(batch, _run_batch(self._run, pixels))
             except Exception as exc:
-                self._resolve(batch, None, exc)
+                self._resolve(batch, exc)
             return
         self._running += 1
         done = asyncio.get_running_loop().run_in_executor(
@@ -145,19 +145,20 @@ class Batcher:
             error: BaseException | None = Unavailable("the server is shutting down; retry")
         else:
             error = finished.exception()
-        self._resolve(batch, None if error else finished.result(), error)
+        self._resolve(batch, error or finished.result())
         self._dispatch()
 
     @staticmethod
-    def _resolve(batch: list[_Request], result: Array | None, error: BaseException | None) -> None:
+    def _resolve(batch: list[_Request], outcome: Array | BaseException) -> None:
+        """Each waiting request gets its rows of the batch's result, or the batch's error."""
         offset = 0
         for request in batch:
             size = len(request.pixels)
             if not request.future.done():
-                if result is None:
-                    request.future.set_exception(error or RuntimeError("no result"))
+                if isinstance(outcome, BaseException):
+                    request.future.set_exception(outcome)
                 else:
-                    request.future.set_result(result[offset : offset + size])
+                    request.future.set_result(outcome[offset : offset + size])
             offset += size
 
 

@@ -122,7 +122,6 @@ class Model:
         for batch in WARMUP_BATCH_SIZES:
             pixels = np.zeros((batch, *self.input_shape), np.float32)
             self.predict(pixels)
-            self.predict_tensorflow(pixels)
             if self.default_layer:
                 self.feature_map(pixels, self.default_layer, pre_activation=True)
 
