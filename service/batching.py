@@ -3,7 +3,8 @@
 Requests queue as they arrive. On the next turn of the event loop, if a worker slot is
 free, the batcher takes everything already queued (up to `max_batch_size` images) and runs
 it as one call; an idle server therefore dispatches a lone request at once, while a busy
-one naturally forms larger batches. `max_batch_delay_s` > 0 lets a partial batch wait that
+one naturally forms larger batches. A small request with nothing queued ahead of it skips
+the queue altogether. `max_batch_delay_s` > 0 lets a partial batch wait that
 long for company (more throughput, more latency); the default 0 never waits.
 
 Batches of at most `inline_max_images` run right on the event loop: for a small model in
@@ -63,7 +64,7 @@ class Batcher:
         self.max_batch_delay_s = max_batch_delay_s
         self.max_concurrent_batches = max_concurrent_batches
         self.inline_max_images = inline_max_images
-        self._observe_batch = observe_batch
+        self._observe = observe_batch or (lambda images: None)
         self._dispatch_scheduled = False
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_images = 0
@@ -75,10 +76,15 @@ class Batcher:
         return self._queued_images
 
     async def submit(self, pixels: Array) -> Array:
+        images = len(pixels)
+        if images <= self.inline_max_images and not (self._queue or self.max_batch_delay_s):
+            # Nothing queued to join and no delay asked for: answer now, on the loop.
+            self._observe(images)
+            return self._run(pixels)
         loop = asyncio.get_running_loop()
         request = _Request(pixels, loop.create_future(), loop.time())
         self._queue.append(request)
-        self._queued_images += len(pixels)
+        self._queued_images += images
         if not self._dispatch_scheduled:  # requests arriving in this loop turn share a batch
             self._dispatch_scheduled = True
             loop.call_soon(self._dispatch)
@@ -125,8 +131,7 @@ class Batcher:
     def _start(self, batch: list[_Request]) -> None:
         pixels = [request.pixels for request in batch]
         images = sum(len(p) for p in pixels)
-        if self._observe_batch is not None:
-            self._observe_batch(images)
+        self._observe(images)
         if images <= self.inline_max_images:
             try:
                 self._resolve(batch, _run_batch(self._run, pixels))

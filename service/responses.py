@@ -3,7 +3,8 @@
 Building one ClassScore message per class per image costs ~11 µs an image in Python
 (0.7 ms for a 64-image request, more than the model itself); writing the same wire bytes
 from per-class prefixes computed once costs a fraction of that. The result parses to
-exactly the message the plain construction gives (a test holds them equal).
+exactly the message the plain construction gives (a test holds them equal), and goes out
+as it is: Predict is registered with a pass-through serializer.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from client._pb.convserve.v1 import convserve_pb2 as pb
-from client.tensors import to_tensor
 
 __all__ = ["PredictEncoder"]
+
+_FLOAT32 = bytes((0x08, pb.DATA_TYPE_FLOAT32))  # Tensor.dtype
 
 
 def _varint(value: int) -> bytes:
@@ -48,18 +50,25 @@ class PredictEncoder:
             for index, label in enumerate(class_names)
         ]
 
-    def encode(self, probabilities: np.ndarray, top_k: int) -> pb.PredictResponse:
-        top_k = min(top_k, len(self.class_names))
+    def encode(self, probabilities: np.ndarray, top_k: int) -> bytes:
+        """Float32 [N, classes] → the PredictResponse's wire bytes (grpc sends them as they are)."""
+        images = len(probabilities)
         best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-        scores = np.take_along_axis(probabilities, best, axis=1).astype("<f4").tobytes()
+        scores = probabilities[np.arange(images)[:, None], best].astype("<f4").tobytes()
         prefix = self._prefix
-        predictions = []
+        parts = [self._header, _field(0x12, self._tensor(probabilities))]
         position = 0
         for indices in best.tolist():
             entries: list[bytes] = []
             for index in indices:
                 entries += (prefix[index], scores[position : position + 4])
                 position += 4
-            predictions.append(_field(0x1A, b"".join(entries)))  # PredictResponse.predictions
-        body = self._header + _field(0x12, to_tensor(probabilities).SerializeToString())
-        return pb.PredictResponse.FromString(body + b"".join(predictions))
+            parts.append(_field(0x1A, b"".join(entries)))  # PredictResponse.predictions
+        return b"".join(parts)
+
+    @staticmethod
+    def _tensor(probabilities: np.ndarray) -> bytes:
+        """Tensor{dtype = FLOAT32, shape (packed), content}."""
+        shape = b"".join(_varint(size) for size in probabilities.shape)
+        content = probabilities.astype("<f4", copy=False).tobytes()
+        return _FLOAT32 + _field(0x12, shape) + _field(0x1A, content)

@@ -8,6 +8,7 @@ It covers the layers `training.model.build_model` creates; `NumpyRuntime.compile
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,7 @@ def _workspace(key: int, shape: tuple[int, ...]) -> Array:
     the arithmetic of a 64-image batch on this VM); reusing them costs nothing.
     """
     buffers: dict[int, Array] = _scratch.__dict__.setdefault("buffers", {})
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     buffer = buffers.get(key)
     if buffer is None or buffer.size < size:
         buffer = buffers[key] = np.empty(size, np.float32)
@@ -124,11 +125,14 @@ def _conv(layer: Any, ordinal: int) -> Op:
 def _dense(layer: Any) -> Op:
     kernel, *rest = layer.get_weights()
     kernel = kernel.astype(np.float32)
+    # One image: BLAS's matrix-vector product over the kernel's rows is ~2x faster than the
+    # 1-row matrix product over its columns (measured, 6760x10).
+    rows = np.ascontiguousarray(kernel.T)
     bias = rest[0].astype(np.float32) if rest else None
     activation = _activation(layer)
 
     def dense(x: Array) -> Array:
-        out = x @ kernel
+        out = x @ kernel if len(x) > 1 else (rows @ x[0])[None]
         if bias is not None:
             out += bias
         return activation(out)

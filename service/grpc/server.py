@@ -15,10 +15,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from client._pb.convserve.v1 import convserve_pb2 as pb
-from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from service import metrics
 from service.batching import Batcher
-from service.grpc.servicer import ConvServeServicer
+from service.grpc.servicer import ConvServeServicer, add_to_server
 from service.model import Model
 from service.repository import Repository
 from service.settings import Settings
@@ -80,7 +79,7 @@ class Server:
         servicer = ConvServeServicer(
             self.repository, self._executor, self.settings.max_images, size
         )
-        pb_grpc.add_ConvServeServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server

@@ -21,7 +21,7 @@ from service.images import decode_files, from_images, is_encoded
 from service.model import Model
 from service.repository import Repository
 
-__all__ = ["ConvServeServicer", "layer_message", "metadata_message"]
+__all__ = ["ConvServeServicer", "add_to_server", "layer_message", "metadata_message"]
 
 DEFAULT_TOP_K = 3
 T = TypeVar("T")
@@ -41,7 +41,8 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
     @rpc
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.PredictResponse:
+    ) -> bytes:
+        """Answers with the response's wire bytes (see `add_to_server`)."""
         model = self._model(request.model)
         if request.top_k < 0:
             raise InvalidInput(f"top_k must be >= 0 (0 means {DEFAULT_TOP_K}), got {request.top_k}")
@@ -120,6 +121,28 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+
+def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except that Predict's answer is already wire bytes
+    (`PredictEncoder`): its serializer passes them through instead of re-encoding a message.
+    """
+    service = pb.DESCRIPTOR.services_by_name["ConvServe"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            response_serializer=(
+                bytes
+                if method.name == "Predict"
+                else getattr(pb, method.output_type.name).SerializeToString
+            ),
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
 
 
 def layer_message(layer: dict[str, Any]) -> pb.Layer:

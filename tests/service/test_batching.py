@@ -66,6 +66,23 @@ async def test_idle_request_runs_at_once_and_queued_ones_coalesce(
     assert run.batches == [[0], [1, 2, 3, 4, 5]]
 
 
+async def test_small_batches_run_on_the_loop_and_large_ones_in_a_worker(
+    executor: ThreadPoolExecutor,
+) -> None:
+    threads: list[str] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return x * 2
+
+    batcher = Batcher(run, executor, inline_max_images=2)
+    results = [await batcher.submit(rows(1, 2)), await batcher.submit(rows(1, 2, 3))]
+    np.testing.assert_array_equal(results[0], rows(2, 4))
+    np.testing.assert_array_equal(results[1], rows(2, 4, 6))
+    assert threads[0] == threading.current_thread().name
+    assert threads[1] != threading.current_thread().name
+
+
 async def test_batches_respect_max_batch_size(executor: ThreadPoolExecutor) -> None:
     run = Gated()
     batcher = Batcher(run, executor, max_batch_size=4)

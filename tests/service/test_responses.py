@@ -32,7 +32,9 @@ def test_encoder_equals_plain_construction(images: int, top_k: int) -> None:
     rng = np.random.default_rng(images)
     probabilities = rng.dirichlet(np.ones(len(NAMES)), size=images).astype(np.float32)
     probabilities[0, :2] = probabilities[0, 2]  # ties keep the lower index first
-    encoded = PredictEncoder("fashion", 7, NAMES).encode(probabilities, top_k)
+    encoded = pb.PredictResponse.FromString(
+        PredictEncoder("fashion", 7, NAMES).encode(probabilities, top_k)
+    )
     assert encoded == plain(probabilities, top_k, NAMES)
     assert encoded.predictions[0].top[0].name == NAMES[encoded.predictions[0].top[0].index]
 
@@ -41,5 +43,5 @@ def test_many_classes_need_two_byte_indices() -> None:
     names = tuple(f"c{i}" for i in range(200))
     probabilities = np.zeros((1, 200), np.float32)
     probabilities[0, 150] = 1
-    encoded = PredictEncoder("m", 1, names).encode(probabilities, 2)
+    encoded = pb.PredictResponse.FromString(PredictEncoder("m", 1, names).encode(probabilities, 2))
     assert [(s.index, s.name) for s in encoded.predictions[0].top] == [(150, "c150"), (0, "c0")]
