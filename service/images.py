@@ -8,7 +8,7 @@ from client._pb.convserve.v1 import convserve_pb2 as pb
 from client.tensors import TensorError, from_tensor
 from service.errors import InvalidInput
 
-__all__ = ["decode_files", "from_images", "is_encoded"]
+__all__ = ["as_pixels", "decode_files", "from_images", "is_encoded"]
 
 
 def is_encoded(images: pb.Images) -> bool:
@@ -16,10 +16,7 @@ def is_encoded(images: pb.Images) -> bool:
 
 
 def from_images(images: pb.Images, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
-    """The raw tensor path: uint8/float32 [N,H,W], [N,H,W,C] or [N,H*W*C] → float32 [N,H,W,C].
-
-    Cheap (numpy only): safe on the event loop. Encoded files go through `decode_files`.
-    """
+    """The raw tensor path of convserve.v1: `Images.tensor` → `as_pixels`."""
     source = images.WhichOneof("source")
     if source is None:
         raise InvalidInput(
@@ -32,6 +29,14 @@ def from_images(images: pb.Images, shape: tuple[int, int, int], max_images: int)
         array = from_tensor(images.tensor)
     except TensorError as exc:
         raise InvalidInput(str(exc)) from None
+    return as_pixels(array, shape, max_images)
+
+
+def as_pixels(array: np.ndarray, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
+    """uint8/float32 [N,H,W], [N,H,W,C] or [N,H*W*C] → float32 [N,H,W,C], checked.
+
+    Cheap (numpy only): safe on the event loop. Encoded files go through `decode_files`.
+    """
     height, width, channels = shape
     accepted = {(height, width, channels), (height * width * channels,)}
     if channels == 1:

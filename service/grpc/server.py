@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from client._pb.convserve.v1 import convserve_pb2 as pb
 from service import metrics
 from service.batching import Batcher
+from service.grpc.engine import Engine
 from service.grpc.servicer import ConvServeServicer, add_to_server
 from service.model import Model
 from service.repository import Repository
@@ -76,10 +77,8 @@ class Server:
                 ("grpc.so_reuseport", int(os.environ.get(WORKER_ENV) == "1")),
             ],
         )
-        servicer = ConvServeServicer(
-            self.repository, self._executor, self.settings.max_images, size
-        )
-        add_to_server(servicer, server)
+        engine = Engine(self.repository, self._executor, self.settings.max_images, size)
+        add_to_server(ConvServeServicer(engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server

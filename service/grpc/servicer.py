@@ -1,13 +1,9 @@
-"""convserve.v1.ConvServe: thin methods — decode, look up, await the model, encode."""
+"""convserve.v1.ConvServe: thin methods over the shared `Engine` — decode, look up, run, encode."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
-from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,55 +11,45 @@ import numpy as np
 from client._pb.convserve.v1 import convserve_pb2 as pb
 from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from client.tensors import to_tensor
-from service.errors import InvalidInput, ResourceExhausted
-from service.grpc.boundary import answered_by, rpc
-from service.images import decode_files, from_images, is_encoded
+from service.errors import InvalidInput
+from service.grpc.boundary import rpc
+from service.grpc.engine import Engine
+from service.images import from_images, is_encoded
 from service.model import Model
 from service.repository import Repository
 
 __all__ = ["ConvServeServicer", "add_to_server", "layer_message", "metadata_message"]
 
 DEFAULT_TOP_K = 3
-T = TypeVar("T")
 
 
 class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
-    """TensorFlow runs in `executor`'s threads; the event loop only decodes and encodes."""
+    """convserve.v1 messages ⇄ the shared `Engine`."""
 
-    def __init__(
-        self, repository: Repository, executor: Executor, max_images: int, max_message_bytes: int
-    ) -> None:
-        self._repository = repository
-        self._executor = executor
-        self._max_images = max_images
-        self._max_message_bytes = max_message_bytes
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
 
     @rpc
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         """Answers with the response's wire bytes (see `add_to_server`)."""
-        model = self._model(request.model)
+        model = self._engine.model(request.model.name, request.model.version)
         if request.top_k < 0:
             raise InvalidInput(f"top_k must be >= 0 (0 means {DEFAULT_TOP_K}), got {request.top_k}")
-        pixels = await self._pixels(request.images, model)
-        if model.batcher is None:
-            probabilities = await self._run(model.predict, pixels)
-        else:
-            probabilities = await model.batcher.submit(pixels)
+        probabilities = await self._engine.predict(model, await self._pixels(request.images, model))
         return model.encoder.encode(probabilities, request.top_k or DEFAULT_TOP_K)
 
     @rpc
     async def FeatureMap(
         self, request: pb.FeatureMapRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FeatureMapResponse:
-        model = self._model(request.model)
+        model = self._engine.model(request.model.name, request.model.version)
         layer = request.layer or model.default_layer
         model.check_layer(layer)
         pixels = await self._pixels(request.images, model)
-        self._check_feature_map_size(model, layer, len(pixels), request.include_pre_activation)
-        activations, pre = await self._run(
-            lambda: model.feature_map(pixels, layer, pre_activation=request.include_pre_activation)
+        activations, pre = await self._engine.feature_map(
+            model, layer, pixels, request.include_pre_activation
         )
         return pb.FeatureMapResponse(
             model=pb.ModelSpec(name=model.name, version=model.version),
@@ -76,7 +62,8 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelMetadata:
-        return metadata_message(self._model(request.model), self._repository)
+        model = self._engine.model(request.model.name, request.model.version)
+        return metadata_message(model, self._engine.repository)
 
     @rpc
     async def ListModels(
@@ -91,36 +78,14 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
                     is_default=status.is_default,
                     class_names=status.class_names,
                 )
-                for status in self._repository.status()
+                for status in self._engine.repository.status()
             ]
         )
 
-    def _check_feature_map_size(self, model: Model, layer: str, images: int, pre: bool) -> None:
-        """Refuse before computing what could not be sent back in one message."""
-        shape = model.layers[layer]["output_shape"]
-        per_image = math.prod(shape) * 4 * (2 if pre else 1)
-        budget = self._max_message_bytes - 64 * 1024  # room for the rest of the response
-        if images * per_image > budget:
-            raise ResourceExhausted(
-                f"the {layer} feature maps {shape} of {images} images are {images * per_image} "
-                f"bytes, over the {self._max_message_bytes}-byte message limit "
-                f"(max_message_bytes); send at most {max(budget // per_image, 0)} images"
-            )
-
-    def _model(self, spec: pb.ModelSpec) -> Model:
-        model = self._repository.get(spec.name, spec.version)
-        answered_by.set((model.name, str(model.version)))
-        return model
-
     async def _pixels(self, images: pb.Images, model: Model) -> np.ndarray:
         if is_encoded(images):
-            return await self._run(
-                decode_files, list(images.encoded.files), model.input_shape, self._max_images
-            )
-        return from_images(images, model.input_shape, self._max_images)
-
-    async def _run(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+            return await self._engine.decode(list(images.encoded.files), model)
+        return from_images(images, model.input_shape, self._engine.max_images)
 
 
 def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server) -> None:

@@ -6,22 +6,32 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from service.errors import ResourceExhausted, Unavailable
-from service.grpc.servicer import ConvServeServicer
+from service.grpc.engine import Engine
 from service.repository import Repository
 
 
-def test_feature_maps_too_big_for_one_message_are_refused_before_computing(tmp_path: Path) -> None:
+async def test_feature_maps_too_big_for_one_message_are_refused_before_computing(
+    tmp_path: Path,
+) -> None:
+    computed: list[int] = []
+    model = SimpleNamespace(
+        layers={"conv2d": {"output_shape": [26, 26, 10]}},
+        check_layer=lambda layer: None,
+        feature_map=lambda pixels, layer, pre_activation: computed.append(len(pixels)),
+    )
+    pixels = np.zeros((30, 28, 28, 1), np.float32)
     with ThreadPoolExecutor(1) as executor:
-        servicer = ConvServeServicer(Repository(tmp_path), executor, 4096, 1024 * 1024)
-    model = SimpleNamespace(layers={"conv2d": {"output_shape": [26, 26, 10]}})
-    servicer._check_feature_map_size(model, "conv2d", 30, pre=False)  # 811 KB: fits
-    with pytest.raises(
-        ResourceExhausted, match=r"over the 1048576-byte message limit .* at most 18 images"
-    ):
-        servicer._check_feature_map_size(model, "conv2d", 30, pre=True)
+        engine = Engine(Repository(tmp_path), executor, 4096, 1024 * 1024)
+        await engine.feature_map(model, "conv2d", pixels)  # type: ignore[arg-type]  # 811 KB
+        with pytest.raises(
+            ResourceExhausted, match=r"over the 1048576-byte message limit .* at most 18 images"
+        ):
+            await engine.feature_map(model, "conv2d", pixels, pre_activation=True)  # type: ignore[arg-type]
+    assert computed == [30]
 
 
 def test_requests_before_the_models_are_loaded_are_unavailable(tmp_path: Path) -> None:

@@ -1,0 +1,80 @@
+"""What both APIs do, convserve.v1 and the Open Inference Protocol: one implementation.
+
+Find the model (and label the call's metrics with it), check the pixels, run Predict
+through the model's batcher and feature maps in a worker thread. The servicers only
+translate their messages to and from these calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.errors import ResourceExhausted
+from service.grpc.boundary import answered_by
+from service.images import as_pixels, decode_files
+from service.model import Model
+from service.repository import Repository
+
+__all__ = ["Engine"]
+
+T = TypeVar("T")
+
+
+class Engine:
+    """TensorFlow runs in `executor`'s threads; the event loop only decodes and encodes."""
+
+    def __init__(
+        self, repository: Repository, executor: Executor, max_images: int, max_message_bytes: int
+    ) -> None:
+        self.repository = repository
+        self._executor = executor
+        self.max_images = max_images
+        self._max_message_bytes = max_message_bytes
+
+    def model(self, name: str = "", version: int = 0) -> Model:
+        """The model that answers this call (the default / latest when not named)."""
+        model = self.repository.get(name, version)
+        answered_by.set((model.name, str(model.version)))
+        return model
+
+    def pixels(self, array: np.ndarray, model: Model) -> np.ndarray:
+        """A request's uint8/float32 array → the checked float32 batch `model` takes."""
+        return as_pixels(array, model.input_shape, self.max_images)
+
+    async def decode(self, files: list[bytes], model: Model) -> np.ndarray:
+        """PNG/JPEG files → the float32 batch `model` takes (decoded in a worker thread)."""
+        return await self._run(decode_files, files, model.input_shape, self.max_images)
+
+    async def predict(self, model: Model, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities float32 [N, classes], coalesced with concurrent requests."""
+        assert model.batcher is not None, "the server gives every model a batcher"
+        return await model.batcher.submit(pixels)
+
+    async def feature_map(
+        self, model: Model, layer: str, pixels: np.ndarray, pre_activation: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """`layer`'s activations (and its convolution before them), refused up front when the
+        answer could not fit in one message."""
+        model.check_layer(layer)
+        shape = model.layers[layer]["output_shape"]
+        per_image = math.prod(shape) * 4 * (2 if pre_activation else 1)
+        budget = self._max_message_bytes - 64 * 1024  # room for the rest of the response
+        if len(pixels) * per_image > budget:
+            raise ResourceExhausted(
+                f"the {layer} feature maps {shape} of {len(pixels)} images are "
+                f"{len(pixels) * per_image} bytes, over the {self._max_message_bytes}-byte "
+                f"message limit (max_message_bytes); send at most "
+                f"{max(budget // per_image, 0)} images"
+            )
+        return await self._run(
+            lambda: model.feature_map(pixels, layer, pre_activation=pre_activation)
+        )
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
