@@ -52,6 +52,8 @@ class Model:
         self.version: int = int(metadata["version"])
         self.class_names: tuple[str, ...] = tuple(metadata["classes"])
         self.input_shape: tuple[int, int, int] = tuple(metadata["input"]["shape"])
+        self.input_name: str = metadata["input"]["name"]
+        self.output_name: str = metadata.get("output", {}).get("name", "probabilities")
         self.layers: dict[str, dict[str, Any]] = {
             layer["name"]: layer for layer in metadata["layers"]
         }

@@ -11,9 +11,19 @@ from service import metrics
 from service.errors import InvalidInput, ModelLoadError, NotFound, Unavailable
 from service.model import Model
 
-__all__ = ["ModelStatus", "Repository"]
+__all__ = ["IndexEntry", "ModelStatus", "Repository"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One version directory in the repository, as the V2 RepositoryIndex reports it."""
+
+    name: str
+    version: int
+    state: str  # READY or UNAVAILABLE
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,11 @@ class Repository:
         return sorted(self._models)
 
     @property
+    def ready(self) -> bool:
+        """Loaded, with at least one model, and the default model among them."""
+        return self.loaded and bool(self._models) and self.default_ready
+
+    @property
     def default_ready(self) -> bool:
         """False when a configured default model did not load: requests naming none would fail."""
         return not self._default or self._default in self._models
@@ -126,6 +141,18 @@ class Repository:
 
     def versions(self, name: str) -> tuple[int, ...]:
         return tuple(sorted(self._models.get(name, {})))
+
+    def index(self) -> list[IndexEntry]:
+        """Every version loaded or tried, by name and version."""
+        entries = [
+            IndexEntry(name, version, "READY")
+            for name, versions in self._models.items()
+            for version in versions
+        ]
+        for key, reason in self.failures.items():
+            name, version = key.split("/")
+            entries.append(IndexEntry(name, int(version), "UNAVAILABLE", reason))
+        return sorted(entries, key=lambda entry: (entry.name, entry.version))
 
     def status(self) -> list[ModelStatus]:
         default = self.default_name

@@ -21,7 +21,7 @@ import grpc
 from service import metrics
 from service.errors import ServiceError
 
-__all__ = ["answered_by", "rpc"]
+__all__ = ["answered_by", "record", "rpc"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 _series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
 
-def _record(model: str, version: str, method: str, code: str, seconds: float) -> None:
+def record(model: str, version: str, method: str, code: str, seconds: float) -> None:
+    """Count one answered call (a unary call, or one message of a stream) and its latency."""
     key = (model, version, method, code)
     series = _series.get(key)
     if series is None:  # label lookups cost more than the increments: do them once
@@ -71,6 +72,6 @@ def rpc(handler: Handler) -> Handler:
             log.exception("%s failed", method)
             await context.abort(code, "internal error; the server log has the details")
         finally:
-            _record(*answered_by.get(), method, code.name, time.perf_counter() - started)
+            record(*answered_by.get(), method, code.name, time.perf_counter() - started)
 
     return boundary  # type: ignore[return-value]

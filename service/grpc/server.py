@@ -15,9 +15,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from client._pb.convserve.v1 import convserve_pb2 as pb
+from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service import metrics
 from service.batching import Batcher
 from service.grpc.engine import Engine
+from service.grpc.inference import SERVICE_NAME as V2_SERVICE_NAME
+from service.grpc.inference import InferenceServicer
 from service.grpc.servicer import ConvServeServicer, add_to_server
 from service.model import Model
 from service.repository import Repository
@@ -79,9 +82,10 @@ class Server:
         )
         engine = Engine(self.repository, self._executor, self.settings.max_images, size)
         add_to_server(ConvServeServicer(engine), server)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         host = self.settings.host
         address = (
@@ -97,8 +101,7 @@ class Server:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, self.repository.load_all)
         names = self.repository.names
-        ready = bool(names) and self.repository.default_ready
-        await self._set_health(SERVING if ready else NOT_SERVING, names)
+        await self._set_health(SERVING if self.repository.ready else NOT_SERVING, names)
         log.info(
             "serving %s on %s (port %d) after %.2f s; metrics on port %s",
             ", ".join(names) or "no models",
@@ -110,7 +113,7 @@ class Server:
         return port
 
     async def _set_health(self, status: int, models: list[str]) -> None:
-        for name in ("", SERVICE_NAME, *models):
+        for name in ("", SERVICE_NAME, V2_SERVICE_NAME, *models):
             await self._health.set(name, status)
 
     def _start_metrics(self) -> None:

@@ -1,0 +1,236 @@
+"""inference.GRPCInferenceService (the Open Inference Protocol, KServe V2) over the `Engine`.
+
+A model has one input (its metadata's input name, UINT8 or FP32 pixels 0..255, shape
+[N, 28, 28], [N, 28, 28, 1] or [N, 784]) sent as `raw_input_contents` or typed `contents`.
+Its outputs: the probabilities (the default), and every layer with a 4-D output by name,
+which returns that layer's feature maps — FeatureMap through V2. Outputs come back as
+little-endian bytes in `raw_output_contents`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from client._pb.inference import grpc_predict_v2_pb2 as v2
+from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from service.errors import InvalidInput, NotFound, ServiceError, Unavailable
+from service.grpc.boundary import answered_by, record, rpc
+from service.grpc.engine import Engine
+from service.model import Model
+
+__all__ = ["InferenceServicer"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# Datatype → (numpy dtype, the InferTensorContents field carrying it typed).
+DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
+    "UINT8": (np.dtype("<u1"), "uint_contents"),
+    "FP32": (np.dtype("<f4"), "fp32_contents"),
+}
+
+
+class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._repository = engine.repository
+
+    @rpc
+    async def ServerLive(
+        self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    @rpc
+    async def ServerReady(
+        self, request: v2.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.ServerReadyResponse:
+        return v2.ServerReadyResponse(ready=self._repository.ready)
+
+    @rpc
+    async def ModelReady(
+        self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.ModelReadyResponse:
+        version = _version(request.version)
+        try:
+            self._engine.model(request.name, version)
+        except (NotFound, Unavailable):
+            return v2.ModelReadyResponse(ready=False)
+        return v2.ModelReadyResponse(ready=True)
+
+    @rpc
+    async def ServerMetadata(
+        self, request: v2.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(
+            name="convserve",
+            version=importlib.metadata.version("convserve"),
+            extensions=["model_repository"],
+        )
+
+    @rpc
+    async def ModelMetadata(
+        self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.ModelMetadataResponse:
+        model = self._engine.model(request.name, _version(request.version))
+        tensor = v2.ModelMetadataResponse.TensorMetadata
+        return v2.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(v) for v in self._repository.versions(model.name)],
+            platform="tensorflow_keras",
+            inputs=[tensor(name=model.input_name, datatype="FP32", shape=[-1, *model.input_shape])],
+            outputs=[
+                tensor(name=model.output_name, datatype="FP32", shape=[-1, len(model.class_names)]),
+                *(
+                    tensor(
+                        name=layer,
+                        datatype="FP32",
+                        shape=[-1, *model.layers[layer]["output_shape"]],
+                    )
+                    for layer in model.feature_layers
+                ),
+            ],
+        )
+
+    @rpc
+    async def ModelInfer(
+        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.ModelInferResponse:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(
+        self,
+        requests: AsyncIterator[v2.ModelInferRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[v2.ModelStreamInferResponse]:
+        """One answer per request, in order; a failed request gets its `error_message` (with
+        the status name in front, e.g. "NOT_FOUND: ...") and the stream goes on."""
+        async for request in requests:
+            started = time.perf_counter()
+            answered_by.set(("", ""))
+            code = grpc.StatusCode.OK
+            try:
+                yield v2.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except ServiceError as exc:
+                code = exc.code
+                yield _stream_error(request, f"{code.name}: {exc}")
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("ModelStreamInfer failed")
+                yield _stream_error(
+                    request, "INTERNAL: internal error; the server log has the details"
+                )
+            finally:
+                record(
+                    *answered_by.get(), "ModelStreamInfer", code.name, time.perf_counter() - started
+                )
+
+    @rpc
+    async def RepositoryIndex(
+        self, request: v2.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.RepositoryIndexResponse:
+        index = v2.RepositoryIndexResponse.ModelIndex
+        return v2.RepositoryIndexResponse(
+            models=[
+                index(
+                    name=entry.name,
+                    version=str(entry.version),
+                    state=entry.state,
+                    reason=entry.reason,
+                )
+                for entry in self._repository.index()
+                if entry.state == "READY" or not request.ready
+            ]
+        )
+
+    async def _infer(self, request: v2.ModelInferRequest) -> v2.ModelInferResponse:
+        model = self._engine.model(request.model_name, _version(request.model_version))
+        names = [output.name for output in request.outputs] or [model.output_name]
+        for name in names:
+            if name != model.output_name and name not in model.feature_layers:
+                raise InvalidInput(
+                    f"model {model.name!r} has no output {name!r}; outputs: "
+                    f"{', '.join((model.output_name, *model.feature_layers))}"
+                )
+        pixels = self._engine.pixels(_input_array(request, model), model)
+        response = v2.ModelInferResponse(
+            model_name=model.name, model_version=str(model.version), id=request.id
+        )
+        for name in names:
+            if name == model.output_name:
+                array = await self._engine.predict(model, pixels)
+            else:
+                array, _ = await self._engine.feature_map(model, name, pixels)
+            response.outputs.add(name=name, datatype="FP32", shape=array.shape)
+            response.raw_output_contents.append(array.astype("<f4", copy=False).tobytes())
+        return response
+
+
+def _version(text: str) -> int:
+    """ "" → 0 (the latest); "3" → 3."""
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise InvalidInput(f"model version {text!r} is not a version number; expected e.g. '1'")
+    return int(text)
+
+
+def _input_array(request: v2.ModelInferRequest, model: Model) -> np.ndarray:
+    """The request's one input tensor as an array, from raw bytes or typed contents."""
+    if len(request.inputs) != 1 or request.inputs[0].name != model.input_name:
+        given = ", ".join(repr(tensor.name) for tensor in request.inputs) or "none"
+        raise InvalidInput(
+            f"model {model.name!r} takes one input, {model.input_name!r}; the request has {given}"
+        )
+    tensor = request.inputs[0]
+    if tensor.datatype not in DATATYPES:
+        raise InvalidInput(
+            f"input {tensor.name!r} has datatype {tensor.datatype!r}; expected UINT8 or FP32"
+        )
+    dtype, typed_field = DATATYPES[tensor.datatype]
+    shape = tuple(tensor.shape)
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input {tensor.name!r} has shape {list(shape)}: a negative dimension")
+    count = math.prod(shape)
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise InvalidInput(
+                f"raw_input_contents has {len(request.raw_input_contents)} entries; "
+                "expected one per input (1)"
+            )
+        data = request.raw_input_contents[0]
+        if len(data) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"input {tensor.name!r} has {len(data)} bytes in raw_input_contents but shape "
+                f"{list(shape)} of {tensor.datatype} needs {count * dtype.itemsize}"
+            )
+        raw: np.ndarray = np.frombuffer(data, dtype).reshape(shape)
+        return raw
+    values = getattr(tensor.contents, typed_field)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input {tensor.name!r} has {len(values)} values in contents.{typed_field} but shape "
+            f"{list(shape)} needs {count} (or send raw_input_contents)"
+        )
+    array = np.asarray(values, dtype=np.float32 if dtype.kind == "f" else np.int64)
+    if dtype.kind == "u" and count and (array.min() < 0 or array.max() > 255):
+        raise InvalidInput(f"input {tensor.name!r}: UINT8 values must be 0..255")
+    typed: np.ndarray = array.astype(dtype).reshape(shape)
+    return typed
+
+
+def _stream_error(request: v2.ModelInferRequest, message: str) -> v2.ModelStreamInferResponse:
+    return v2.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=v2.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
