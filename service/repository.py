@@ -1,8 +1,17 @@
-"""The model repository on disk, MODELS_DIR/NAME/VERSION/: loading, lookup by name and version."""
+"""The model repository on disk, MODELS_DIR/NAME/VERSION/: what is served, kept in sync.
+
+`sync()` compares the directory with what is loaded: versions the policy wants are loaded
+and warmed first, then the new set of models replaces the old one in a single assignment,
+so a request sees either the old set or the new one. A version that leaves the set is no
+longer handed out; requests already holding it finish on it (they keep their reference).
+A version that fails to load (half-written, corrupt, wrong shapes) is logged and counted,
+the versions serving keep serving, and it is retried once its files change.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,14 +20,70 @@ from service import metrics
 from service.errors import InvalidInput, ModelLoadError, NotFound, Unavailable
 from service.model import Model
 
-__all__ = ["IndexEntry", "ModelStatus", "Repository"]
+__all__ = ["IndexEntry", "ModelStatus", "Repository", "VersionPolicy"]
 
 log = logging.getLogger(__name__)
+
+# What identifies a version directory's contents: (file name, size, mtime) of each file.
+Signature = tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model to serve: `latest:N`, `all`, or `specific:V,V,...`."""
+
+    kind: str = "latest"
+    count: int = 1
+    versions: frozenset[int] = frozenset()
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        kind, _, argument = text.partition(":")
+        try:
+            if kind == "latest":
+                policy = cls("latest", int(argument or 1))
+                if policy.count >= 1:
+                    return policy
+            elif kind == "all" and not argument:
+                return cls("all")
+            elif kind == "specific" and argument:
+                return cls("specific", versions=frozenset(int(v) for v in argument.split(",")))
+        except ValueError:
+            pass
+        raise ValueError(
+            f"version policy {text!r}: expected latest, latest:N (N >= 1), all, or specific:V,V,..."
+        )
+
+    def select(self, available: list[int]) -> set[int]:
+        if self.kind == "all":
+            return set(available)
+        if self.kind == "specific":
+            return set(self.versions & set(available))
+        return set(sorted(available)[-self.count :])
+
+    def __str__(self) -> str:
+        if self.kind == "latest":
+            return f"latest:{self.count}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, sorted(self.versions)))
+        return self.kind
+
+
+def parse_policies(text: str) -> tuple[VersionPolicy, dict[str, VersionPolicy]]:
+    """ "latest:1 fashion=all" → (the default policy, per-model policies)."""
+    default, per_model = VersionPolicy(), {}
+    for entry in text.split():
+        name, _, policy = entry.rpartition("=")
+        if name:
+            per_model[name] = VersionPolicy.parse(policy)
+        else:
+            default = VersionPolicy.parse(policy)
+    return default, per_model
 
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """One version directory in the repository, as the V2 RepositoryIndex reports it."""
+    """One version directory, as the V2 RepositoryIndex reports it."""
 
     name: str
     version: int
@@ -37,46 +102,38 @@ class ModelStatus:
 
 
 class Repository:
-    """Every loaded version of every model; requests without a version get the latest."""
+    """The served versions of every model; requests without a version get the latest."""
 
     def __init__(
-        self, models_dir: Path, default_model: str = "", load: Callable[[Path], Model] = Model.load
+        self,
+        models_dir: Path,
+        default_model: str = "",
+        load: Callable[[Path], Model] = Model.load,
+        version_policy: str = "latest:1",
     ) -> None:
         self.models_dir = models_dir
         self._default = default_model
         self._load = load
-        self._models: dict[str, dict[int, Model]] = {}
-        self.loaded = False  # requests get UNAVAILABLE until load_all has finished
-        # Versions that failed to load, with the reason, e.g. {"fashion/3": "sha256 ..."}.
-        self.failures: dict[str, str] = {}
+        self._policy, self._policies = parse_policies(version_policy)
+        self._models: dict[str, dict[int, Model]] = {}  # replaced whole, never changed in place
+        self._signatures: dict[tuple[str, int], Signature] = {}
+        self._failures: dict[tuple[str, int], tuple[Signature, str]] = {}
+        self._unloaded: set[str] = set()  # unloaded on request: not reloaded until asked
+        self._disk: dict[str, dict[int, Path]] = {}
+        self._lock = threading.Lock()  # one sync at a time (the watcher, load/unload calls)
+        self.loaded = False  # requests get UNAVAILABLE until the first sync has finished
+
+    # -- keeping in sync with the directory ------------------------------------------------
 
     def load_all(self) -> None:
-        """Load every version directory; a broken one is logged and skipped, the rest serve."""
+        """The first sync, at start-up."""
         if not self.models_dir.is_dir():
             log.error(
                 "models dir %s does not exist; train a model with `convserve train`",
                 self.models_dir,
             )
-            self.loaded = True
-            return
-        models: dict[str, dict[int, Model]] = {}
-        for model_dir in sorted(
-            p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        ):
-            for version_dir in sorted(
-                (p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
-            ):
-                try:
-                    model = self._load(version_dir)
-                except ModelLoadError as exc:
-                    self._failed(version_dir, str(exc))
-                except Exception as exc:  # a broken artifact must not stop the others
-                    log.exception("loading %s failed", version_dir)
-                    self._failed(version_dir, f"{type(exc).__name__}: {exc}")
-                else:
-                    models.setdefault(model.name, {})[model.version] = model
-                    metrics.MODEL_LOADED.labels(model.name, str(model.version)).set(1)
-        self._models, self.loaded = models, True  # all at once: no request sees half a load
+        self.sync()
+        self.loaded = True
         if self._default and self._default not in self._models:
             log.error(
                 "default model %r is not loaded; loaded: %s",
@@ -84,10 +141,100 @@ class Repository:
                 ", ".join(self._models) or "none",
             )
 
-    def _failed(self, path: Path, reason: str) -> None:
+    def sync(self, name: str | None = None, *, retry: bool = False) -> None:
+        """Bring every model (or just `name`) in line with the directory and the policy.
+
+        `retry` also retries versions that failed before with the same files.
+        """
+        with self._lock:
+            self._disk = _scan(self.models_dir)
+            models = dict(self._models)
+            names = [name] if name else sorted(set(self._disk) | set(models))
+            for model_name in names:
+                versions = self._sync_model(model_name, models.get(model_name, {}), retry)
+                if versions:
+                    models[model_name] = versions
+                else:
+                    models.pop(model_name, None)
+            self._models = models  # the swap: one assignment
+
+    def _sync_model(self, name: str, loaded: dict[int, Model], retry: bool) -> dict[int, Model]:
+        on_disk = {} if name in self._unloaded else self._disk.get(name, {})
+        policy = self._policies.get(name, self._policy)
+        broken = {
+            version
+            for version, path in on_disk.items()
+            if not retry and self._failures.get((name, version), (None,))[0] == _signature(path)
+        }
+        staged: dict[int, Model] = {}  # loaded (or kept) during this sync
+        while True:  # a version that fails to load makes room for the next one the policy allows
+            wanted = policy.select([v for v in on_disk if v not in broken])
+            for version in sorted(wanted - set(staged), reverse=True):
+                path = on_disk[version]
+                signature = _signature(path)
+                current = loaded.get(version)
+                if current is None or self._signatures.get((name, version)) != signature:
+                    current = self._try_load(name, version, path, signature)
+                if current is None:
+                    broken.add(version)
+                    break
+                staged[version] = current
+            else:
+                break
+        kept = {version: staged[version] for version in wanted}
+        for key in [
+            k for k in self._failures if k[0] == name and k[1] not in self._disk.get(name, {})
+        ]:
+            del self._failures[key]  # its directory is gone
+        for version in sorted(set(loaded) - set(kept)):
+            log.info("unloaded %s version %d (in-flight requests finish on it)", name, version)
+            metrics.MODEL_LOADED.labels(name, str(version)).set(0)
+            self._signatures.pop((name, version), None)
+        for version in sorted(set(kept) - set(loaded)):
+            metrics.MODEL_LOADED.labels(name, str(version)).set(1)
+        return kept
+
+    def _try_load(self, name: str, version: int, path: Path, signature: Signature) -> Model | None:
+        try:
+            model = self._load(path)
+        except ModelLoadError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a broken artifact must not stop the others
+            log.exception("loading %s failed", path)
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            self._signatures[(name, version)] = signature
+            self._failures.pop((name, version), None)
+            return model
         log.error("cannot serve %s: %s", path, reason)
-        self.failures[f"{path.parent.name}/{path.name}"] = reason
-        metrics.MODEL_LOAD_FAILURES.labels(path.parent.name).inc()
+        self._failures[(name, version)] = (signature, reason)
+        metrics.MODEL_LOAD_FAILURES.labels(name).inc()
+        return None
+
+    def load(self, name: str) -> None:
+        """(Re)load `name` from the directory now, retrying failed versions; undoes `unload`."""
+        if not (self.models_dir / name).is_dir():
+            raise NotFound(f"no model directory {self.models_dir / name}")
+        self._unloaded.discard(name)
+        self.sync(name, retry=True)
+        if name not in self._models:
+            reasons = [
+                f"version {version}: {reason}"
+                for (model, version), (_, reason) in sorted(self._failures.items())
+                if model == name
+            ]
+            raise ModelLoadError(
+                f"model {name!r} has no version that loads: {'; '.join(reasons) or 'none on disk'}"
+            )
+
+    def unload(self, name: str) -> None:
+        """Stop serving every version of `name` until `load(name)`."""
+        if name not in self._models and name not in self._disk:
+            raise NotFound(f"model {name!r} is neither loaded nor in {self.models_dir}")
+        self._unloaded.add(name)
+        self.sync(name)
+
+    # -- lookups ---------------------------------------------------------------------------
 
     @property
     def names(self) -> list[str]:
@@ -114,6 +261,7 @@ class Repository:
         """The model `name` (default if empty) at `version` (latest if 0)."""
         if not self.loaded:
             raise Unavailable("the server is still loading its models; retry shortly")
+        models = self._models  # one snapshot for the whole lookup
         if not name:
             default = self.default_name
             if default is None:
@@ -122,10 +270,11 @@ class Repository:
                     f"name one of: {', '.join(self.names) or '(none loaded)'}"
                 )
             name = default
-        versions = self._models.get(name)
+        versions = models.get(name)
         if versions is None:
             raise NotFound(
-                f"model {name!r} is not loaded; loaded models: {', '.join(self.names) or 'none'}"
+                f"model {name!r} is not loaded; "
+                f"loaded models: {', '.join(sorted(models)) or 'none'}"
             )
         if version < 0:
             raise InvalidInput(f"version must be positive (or 0 for the latest), got {version}")
@@ -143,20 +292,55 @@ class Repository:
         return tuple(sorted(self._models.get(name, {})))
 
     def index(self) -> list[IndexEntry]:
-        """Every version loaded or tried, by name and version."""
-        entries = [
-            IndexEntry(name, version, "READY")
-            for name, versions in self._models.items()
-            for version in versions
-        ]
-        for key, reason in self.failures.items():
-            name, version = key.split("/")
-            entries.append(IndexEntry(name, int(version), "UNAVAILABLE", reason))
-        return sorted(entries, key=lambda entry: (entry.name, entry.version))
+        """Every version on disk or loaded, with why it is not served when it is not."""
+        models = self._models
+        keys = {(n, v) for n, versions in self._disk.items() for v in versions}
+        keys |= {(n, v) for n, versions in models.items() for v in versions}
+        entries = []
+        for name, version in sorted(keys):
+            if version in models.get(name, {}):
+                entries.append(IndexEntry(name, version, "READY"))
+            elif (name, version) in self._failures:
+                entries.append(
+                    IndexEntry(name, version, "UNAVAILABLE", self._failures[name, version][1])
+                )
+            elif name in self._unloaded:
+                entries.append(IndexEntry(name, version, "UNAVAILABLE", "unloaded on request"))
+            else:
+                policy = self._policies.get(name, self._policy)
+                entries.append(
+                    IndexEntry(name, version, "UNAVAILABLE", f"not in version policy {policy}")
+                )
+        return entries
 
     def status(self) -> list[ModelStatus]:
         default = self.default_name
         return [
-            ModelStatus(name, self.versions(name), name == default, self.get(name).class_names)
-            for name in self.names
+            ModelStatus(
+                name, tuple(sorted(versions)), name == default, versions[max(versions)].class_names
+            )
+            for name, versions in sorted(self._models.items())
         ]
+
+
+def _scan(models_dir: Path) -> dict[str, dict[int, Path]]:
+    """MODELS_DIR/NAME/VERSION directories (hidden names and non-numeric versions skipped)."""
+    if not models_dir.is_dir():
+        return {}
+    found: dict[str, dict[int, Path]] = {}
+    for model_dir in models_dir.iterdir():
+        if model_dir.is_dir() and not model_dir.name.startswith("."):
+            versions = {
+                int(p.name): p for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()
+            }
+            if versions:
+                found[model_dir.name] = versions
+    return found
+
+
+def _signature(path: Path) -> Signature:
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        return tuple((p.name, (s := p.stat()).st_size, s.st_mtime_ns) for p in files)
+    except OSError:  # removed while we looked
+        return ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "settings_table"]
@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     )
     default_model: str = Field(
         "", description="model that answers requests naming none (empty: the only model, if one)"
+    )
+    version_policy: str = Field(
+        "latest:1",
+        description="versions served: latest:N, all or specific:V,V; per model NAME=POLICY, "
+        "space-separated (e.g. 'latest:1 fashion=all')",
+    )
+    poll_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="how often MODELS_DIR is rescanned for new, changed or removed "
+        "versions (0: never)",
     )
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="largest request or response message, in bytes"
@@ -61,6 +72,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="logging level"
     )
+
+    @field_validator("version_policy")
+    @classmethod
+    def _parse_policy(cls, value: str) -> str:
+        from service.repository import parse_policies
+
+        parse_policies(value)  # raises ValueError with what is expected
+        return value
 
 
 def settings_table() -> str:

@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -39,9 +39,10 @@ DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, change_repository: Callable[..., Awaitable[None]]) -> None:
         self._engine = engine
         self._repository = engine.repository
+        self._change_repository = change_repository  # runs a repository call off the loop
 
     @rpc
     async def ServerLive(
@@ -151,6 +152,22 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             ]
         )
 
+    @rpc
+    async def RepositoryModelLoad(
+        self, request: v2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.RepositoryModelLoadResponse:
+        """(Re)load a model's versions from the directory now, as its version policy says."""
+        await self._change_repository(self._repository.load, _model_name(request.model_name))
+        return v2.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(
+        self, request: v2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.RepositoryModelUnloadResponse:
+        """Stop serving a model (in-flight requests finish) until it is loaded again."""
+        await self._change_repository(self._repository.unload, _model_name(request.model_name))
+        return v2.RepositoryModelUnloadResponse()
+
     async def _infer(self, request: v2.ModelInferRequest) -> v2.ModelInferResponse:
         model = self._engine.model(request.model_name, _version(request.model_version))
         names = [output.name for output in request.outputs] or [model.output_name]
@@ -172,6 +189,12 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             response.outputs.add(name=name, datatype="FP32", shape=array.shape)
             response.raw_output_contents.append(array.astype("<f4", copy=False).tobytes())
         return response
+
+
+def _model_name(name: str) -> str:
+    if not name or "/" in name or name.startswith("."):
+        raise InvalidInput(f"model name {name!r}: expected a directory name in the repository")
+    return name
 
 
 def _version(text: str) -> int:

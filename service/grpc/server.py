@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,17 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.repository = Repository(settings.models_dir, settings.default_model, self._load)
+        self.repository = Repository(
+            settings.models_dir, settings.default_model, self._load, settings.version_policy
+        )
         self.metrics_port: int | None = None
         self._executor = ThreadPoolExecutor(
             settings.inference_threads, thread_name_prefix="inference"
         )
+        # Loading models is slow (TensorFlow): never in the inference threads' way.
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="repository")
+        self._watcher: asyncio.Task[None] | None = None
+        self._health_names: set[str] = set()
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._grpc: grpc.aio.Server | None = None
         self._metrics_server: Any = None
@@ -82,7 +89,9 @@ class Server:
         )
         engine = Engine(self.repository, self._executor, self.settings.max_images, size)
         add_to_server(ConvServeServicer(engine), server)
-        v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), server)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(engine, self.change_repository), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -99,18 +108,45 @@ class Server:
         await server.start()
         self._grpc = server
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.repository.load_all)
-        names = self.repository.names
-        await self._set_health(SERVING if self.repository.ready else NOT_SERVING, names)
+        await self.change_repository(self.repository.load_all)
+        if self.settings.poll_seconds > 0:
+            self._watcher = asyncio.create_task(self._watch(self.settings.poll_seconds))
         log.info(
             "serving %s on %s (port %d) after %.2f s; metrics on port %s",
-            ", ".join(names) or "no models",
+            ", ".join(self.repository.names) or "no models",
             address,
             port,
             time.perf_counter() - started,
             self.metrics_port,
         )
         return port
+
+    async def change_repository(self, function: Callable[..., object], *args: Any) -> None:
+        """Run a repository change off the event loop (loading is slow), one at a time, then
+        bring the health statuses in line with what is served."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._loader, function, *args)
+        finally:
+            await self._update_health()
+
+    async def _watch(self, seconds: float) -> None:
+        """Rescan MODELS_DIR every `seconds`: new versions in, removed ones out."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.change_repository(self.repository.sync)
+            except Exception:  # keep watching: the next scan may succeed
+                log.exception("rescanning %s failed", self.settings.models_dir)
+
+    async def _update_health(self) -> None:
+        """SERVING for the server and services when ready; per model while it is loaded."""
+        await self._set_health(SERVING if self.repository.ready else NOT_SERVING, [])
+        names = set(self.repository.names)
+        for name in self._health_names - names:
+            await self._health.set(name, NOT_SERVING)
+        for name in names:
+            await self._health.set(name, SERVING)
+        self._health_names = names
 
     async def _set_health(self, status: int, models: list[str]) -> None:
         for name in ("", SERVICE_NAME, V2_SERVICE_NAME, *models):
@@ -129,10 +165,13 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING at once, refuse new calls, let in-flight ones finish in `grace` s."""
         await self._health.enter_graceful_shutdown()
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.grace_seconds if grace is None else grace)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._loader.shutdown(wait=True, cancel_futures=True)
         log.info("stopped")
