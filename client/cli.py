@@ -203,8 +203,16 @@ def _add_client_commands(subparsers: Any) -> None:
     featuremap.add_argument("--png", type=Path, help="write the first image's channels as a grid")
     featuremap.set_defaults(run=_run_featuremap)
 
-    models = subparsers.add_parser("models", help="list the models a server has loaded")
+    models = subparsers.add_parser(
+        "models",
+        help="list the models a server serves, or load / unload one",
+        description="list (default): every model served, its versions and classes. "
+        "load NAME: (re)load NAME's versions from the server's MODELS_DIR now. "
+        "unload NAME: stop serving NAME until it is loaded again.",
+    )
     _add_target(models)
+    models.add_argument("action", nargs="?", choices=["list", "load", "unload"], default="list")
+    models.add_argument("name", nargs="?", help="the model to load or unload")
     models.set_defaults(run=_run_models)
 
     health = subparsers.add_parser(
@@ -295,7 +303,13 @@ def _run_featuremap(args: argparse.Namespace) -> int:
 
 
 def _run_models(args: argparse.Namespace) -> int:
+    if (args.action == "list") != (args.name is None):
+        raise CommandError("usage: convserve models [list | load NAME | unload NAME]")
     with _connect(args) as client:
+        if args.action != "list":
+            getattr(client, f"{args.action}_model")(args.name)
+            print(f"{args.action}ed {args.name}")
+            return 0
         for model in client.list_models():
             default = " (default)" if model.is_default else ""
             versions = ", ".join(map(str, model.versions))

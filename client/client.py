@@ -38,6 +38,7 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _SERVICE = "convserve.v1.ConvServe"
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_REPOSITORY = "/inference.GRPCInferenceService/"
 _HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
@@ -274,6 +275,16 @@ def _health_status(data: bytes) -> str:
     return _HEALTH_STATUS.get(data[1] if data[:1] == b"\x08" else 0, "UNKNOWN")
 
 
+def _repository_request(name: str) -> bytes:
+    # inference.RepositoryModel{Load,Unload}Request {string model_name = 2}, encoded by hand
+    # like the health check: the client never loads the `inference` stubs, which would clash
+    # with tritonclient's in a process that uses both.
+    data = name.encode()
+    if not 0 < len(data) < 128:
+        raise ValueError("model names are 1 to 127 bytes")
+    return b"\x12" + bytes([len(data)]) + data
+
+
 T = TypeVar("T")
 
 
@@ -285,6 +296,10 @@ class _Base:
         self._stub = pb_grpc.ConvServeStub(channel)
         self._health = channel.unary_unary(
             _HEALTH_CHECK, request_serializer=_health_request, response_deserializer=_health_status
+        )
+        self._load, self._unload = (
+            channel.unary_unary(f"{_REPOSITORY}{method}", request_serializer=_repository_request)
+            for method in ("RepositoryModelLoad", "RepositoryModelUnload")
         )
 
     def _timeout(self, timeout: float | None) -> float:
@@ -346,6 +361,15 @@ class Client(_Base):
         """`SERVING`, `NOT_SERVING`, …, for the server ("") or one model name."""
         return str(self._call(self._health, service, timeout))
 
+    def load_model(self, name: str, *, timeout: float | None = None) -> None:
+        """Load (or reload) every version of `name` the server's version policy selects, from
+        its model directory; undoes `unload_model`. Returns once they serve."""
+        self._call(self._load, name, timeout)
+
+    def unload_model(self, name: str, *, timeout: float | None = None) -> None:
+        """Stop serving `name` (requests in flight finish) until `load_model(name)`."""
+        self._call(self._unload, name, timeout)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -405,6 +429,12 @@ class AsyncClient(_Base):
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         return str(await self._call(self._health, service, timeout))
+
+    async def load_model(self, name: str, *, timeout: float | None = None) -> None:
+        await self._call(self._load, name, timeout)
+
+    async def unload_model(self, name: str, *, timeout: float | None = None) -> None:
+        await self._call(self._unload, name, timeout)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -52,25 +53,35 @@ class RunningServer:
         return f"http://127.0.0.1:{self.server.metrics_port}/metrics"
 
 
+@contextlib.contextmanager
+def serving(settings: Any) -> Iterator[RunningServer]:
+    """A real `Server` with `settings`, on its own event loop in a thread, until the block ends."""
+    from service.grpc.server import Server
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
+    thread.start()
+    instance = Server(settings)
+    port = asyncio.run_coroutine_threadsafe(instance.start(), loop).result(timeout=300)
+    try:
+        yield RunningServer(f"127.0.0.1:{port}", instance, loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(instance.stop(0), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
 @pytest.fixture(scope="session")
 def server(models_dir: Path) -> Iterator[RunningServer]:
-    from service.grpc.server import Server
     from service.settings import Settings
 
     settings = Settings(
         host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, models_dir=models_dir,
         default_model="fashion", max_images=MAX_IMAGES,
     )  # fmt: skip
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
-    thread.start()
-    instance = Server(settings)
-    port = asyncio.run_coroutine_threadsafe(instance.start(), loop).result(timeout=300)
-    yield RunningServer(f"127.0.0.1:{port}", instance, loop)
-    asyncio.run_coroutine_threadsafe(instance.stop(0), loop).result(timeout=60)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    loop.close()
+    with serving(settings) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
