@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from client import Client
+from tests.integration.descriptors import fields
 from training.data import Dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,17 +44,6 @@ def test_our_proto_has_the_protocols_field_numbers(triton: dict[str, Any]) -> No
     }
     assert len(ours) > 60
     assert {name: triton["fields"].get(name) for name in ours} == ours
-
-
-def fields(message: Any) -> dict[str, Any]:
-    """The same table tritonclient_calls.py prints for tritonclient's own stubs."""
-    table = {
-        f"{message.full_name}.{field.name}": [field.number, field.type, field.is_repeated]
-        for field in message.fields
-    }
-    for nested in message.nested_types:
-        table.update(fields(nested))
-    return table
 
 
 def test_health_and_metadata(triton: dict[str, Any]) -> None:

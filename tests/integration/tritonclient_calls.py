@@ -16,6 +16,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from tests.integration.descriptors import fields
 from training.data import load
 
 
@@ -31,17 +32,6 @@ def error(call: Any) -> dict[str, str]:
     except InferenceServerException as exc:
         return {"status": str(exc.status()), "message": str(exc.message())}
     return {}
-
-
-def fields(message: Any) -> dict[str, Any]:
-    """Every field of a message type and its nested types: name → [number, type, repeated]."""
-    table = {
-        f"{message.full_name}.{field.name}": [field.number, field.type, field.is_repeated]
-        for field in message.fields
-    }
-    for nested in message.nested_types:
-        table.update(fields(nested))
-    return table
 
 
 def main(target: str, count: int) -> None:
