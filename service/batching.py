@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
@@ -54,7 +55,8 @@ class Batcher:
         max_batch_delay_s: float = 0.0,
         max_concurrent_batches: int = 1,
         inline_max_images: int = 0,
-        observe_batch: Callable[[int], None] | None = None,
+        observe_batch: Callable[[int, float], None] | None = None,
+        observe_wait: Callable[[float], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_concurrent_batches < 1 or max_batch_delay_s < 0:
             raise ValueError("max_batch_size and max_concurrent_batches >= 1, delay >= 0")
@@ -64,7 +66,9 @@ class Batcher:
         self.max_batch_delay_s = max_batch_delay_s
         self.max_concurrent_batches = max_concurrent_batches
         self.inline_max_images = inline_max_images
-        self._observe = observe_batch or (lambda images: None)
+        # (images, seconds the batch ran) per batch; seconds waited in the queue per request.
+        self._observe = observe_batch or (lambda images, seconds: None)
+        self._observe_wait = observe_wait or (lambda seconds: None)
         self._dispatch_scheduled = False
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_images = 0
@@ -79,8 +83,11 @@ class Batcher:
         images = len(pixels)
         if images <= self.inline_max_images and not (self._queue or self.max_batch_delay_s):
             # Nothing queued to join and no delay asked for: answer now, on the loop.
-            self._observe(images)
-            return self._run(pixels)
+            self._observe_wait(0.0)
+            started = time.perf_counter()
+            result = self._run(pixels)
+            self._observe(images, time.perf_counter() - started)
+            return result
         loop = asyncio.get_running_loop()
         request = _Request(pixels, loop.create_future(), loop.time())
         self._queue.append(request)
@@ -129,22 +136,28 @@ class Batcher:
         return batch
 
     def _start(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for request in batch:
+            self._observe_wait(now - request.arrived)
         pixels = [request.pixels for request in batch]
         images = sum(len(p) for p in pixels)
-        self._observe(images)
+        started = time.perf_counter()
         if images <= self.inline_max_images:
             try:
                 self._resolve(batch, _run_batch(self._run, pixels))
             except Exception as exc:
                 self._resolve(batch, exc)
+            self._observe(images, time.perf_counter() - started)
             return
         self._running += 1
-        done = asyncio.get_running_loop().run_in_executor(
-            self._executor, _run_batch, self._run, pixels
-        )
-        done.add_done_callback(lambda finished: self._finish(batch, finished))
+        done = loop.run_in_executor(self._executor, _run_batch, self._run, pixels)
+        done.add_done_callback(lambda finished: self._finish(batch, finished, started))
 
-    def _finish(self, batch: list[_Request], finished: asyncio.Future[Array]) -> None:
+    def _finish(
+        self, batch: list[_Request], finished: asyncio.Future[Array], started: float
+    ) -> None:
+        self._observe(sum(len(r.pixels) for r in batch), time.perf_counter() - started)
         self._running -= 1
         if finished.cancelled():  # the executor shut down under it
             error: BaseException | None = Unavailable("the server is shutting down; retry")

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BATCH_SIZE", "MODEL_LOADED", "MODEL_LOAD_FAILURES", "REQUESTS", "REQUEST_DURATION"]
+__all__ = [
+    "BATCH_SIZE",
+    "INFERENCE_DURATION",
+    "INFLIGHT",
+    "MODEL_LOADED",
+    "MODEL_LOAD_FAILURES",
+    "QUEUE_WAIT",
+    "REQUESTS",
+    "REQUEST_DURATION",
+]
 
 # From sub-millisecond single images to multi-second large batches.
 LATENCY_BUCKETS = (
@@ -20,6 +29,23 @@ REQUEST_DURATION = Histogram(
     "convserve_request_duration_seconds",
     "Time from a request's arrival to its answer, by model and method.",
     ["model", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+INFLIGHT = Gauge(
+    "convserve_inflight_requests",
+    "Requests being answered right now, by method.",
+    ["method"],
+)
+QUEUE_WAIT = Histogram(
+    "convserve_queue_wait_seconds",
+    "Time a request waited in its model's batch queue before its batch started, by model.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_DURATION = Histogram(
+    "convserve_inference_seconds",
+    "Time one batch took to compute, by model.",
+    ["model"],
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(

@@ -1,9 +1,11 @@
 """The one error and metrics boundary: every servicer method is wrapped by `@rpc`.
 
 It maps `ServiceError` to its status and anything else to INTERNAL (traceback logged, a
-generic message to the caller), and counts each call by model, version, method and code
-with its latency. (A grpc.aio ServerInterceptor did the same at 15% of the ceiling's
-throughput: it wraps every call in another handler and coroutine. See bench/.)
+generic message to the caller), counts each call by model, version, method and code with
+its latency and the calls in flight, and answers with the call's request id (the caller's
+`x-request-id` metadata, or a new one) in the trailing metadata. (A grpc.aio
+ServerInterceptor did the same at 15% of the ceiling's throughput: it wraps every call in
+another handler and coroutine. See bench/.)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextvars
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,7 +24,7 @@ import grpc
 from service import metrics
 from service.errors import ServiceError
 
-__all__ = ["answered_by", "record", "rpc"]
+__all__ = ["REQUEST_ID_KEY", "answered_by", "record", "rpc"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,19 @@ answered_by: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
     "answered_by", default=("", "")
 )
 
+# The caller's request id (or a new one), sent back in the trailing metadata of every answer.
+REQUEST_ID_KEY = "x-request-id"
+
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            return value[:128]
+    return uuid.uuid4().hex
+
+
 _series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
 
@@ -50,17 +65,21 @@ def record(model: str, version: str, method: str, code: str, seconds: float) -> 
 def rpc(handler: Handler) -> Handler:
     """Wrap a unary servicer method `async def Method(self, request, context)`."""
     method = handler.__name__
+    inflight = metrics.INFLIGHT.labels(method)
 
     @functools.wraps(handler)
     async def boundary(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         answered_by.set(("", ""))
+        trailer = ((REQUEST_ID_KEY, _request_id(context)),)
+        context.set_trailing_metadata(trailer)
         code = grpc.StatusCode.OK
+        inflight.inc()
         try:
             return await handler(self, request, context)
         except ServiceError as exc:
             code = exc.code
-            await context.abort(code, str(exc))
+            await context.abort(code, str(exc), trailer)
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
@@ -69,9 +88,10 @@ def rpc(handler: Handler) -> Handler:
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", method)
-            await context.abort(code, "internal error; the server log has the details")
+            log.exception("%s failed (request id %s)", method, trailer[0][1])
+            await context.abort(code, "internal error; the server log has the details", trailer)
         finally:
+            inflight.dec()
             record(*answered_by.get(), method, code.name, time.perf_counter() - started)
 
     return boundary  # type: ignore[return-value]

@@ -60,6 +60,13 @@ class Server:
 
     def _load(self, path: Path) -> Model:
         model = Model.load(path, self.settings.runtime)
+        batch_size = metrics.BATCH_SIZE.labels(model.name, str(model.version))
+        inference = metrics.INFERENCE_DURATION.labels(model.name)
+
+        def observe_batch(images: int, seconds: float) -> None:
+            batch_size.observe(images)
+            inference.observe(seconds)
+
         model.batcher = Batcher(
             lambda pixels: model.predict(pixels),  # late-bound: predict can be swapped
             self._executor,
@@ -67,7 +74,8 @@ class Server:
             max_batch_delay_s=self.settings.max_batch_delay_ms / 1000,
             max_concurrent_batches=self.settings.inference_threads,
             inline_max_images=self.settings.inline_max_images if model.runtime == "numpy" else 0,
-            observe_batch=metrics.BATCH_SIZE.labels(model.name, str(model.version)).observe,
+            observe_batch=observe_batch,
+            observe_wait=metrics.QUEUE_WAIT.labels(model.name).observe,
         )
         return model
 

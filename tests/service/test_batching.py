@@ -160,13 +160,23 @@ async def test_concurrent_batches_are_bounded(executor: ThreadPoolExecutor) -> N
     assert peak == 2
 
 
-async def test_batch_sizes_are_observed(executor: ThreadPoolExecutor) -> None:
+async def test_batch_sizes_and_each_requests_wait_are_observed(
+    executor: ThreadPoolExecutor,
+) -> None:
     sizes: list[int] = []
+    waits: list[float] = []
     run = Gated()
-    batcher = Batcher(run, executor, max_batch_size=8, observe_batch=sizes.append)
+    batcher = Batcher(
+        run,
+        executor,
+        max_batch_size=8,
+        observe_batch=lambda images, seconds: sizes.append(images),
+        observe_wait=waits.append,
+    )
     first = asyncio.ensure_future(batcher.submit(rows(0, 1)))
     await run.wait_started()
     rest = [batcher.submit(rows(i)) for i in range(3)]
     run.gate.set()
     await asyncio.gather(first, *rest)
     assert sizes == [2, 3]
+    assert len(waits) == 4 and min(waits) >= 0
