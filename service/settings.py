@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="logging level"
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text, or one JSON object per line (for log shippers)"
+    )
 
     @field_validator("version_policy")
     @classmethod

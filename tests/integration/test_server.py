@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -85,12 +86,13 @@ def serve_process(models_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str
     env = {**os.environ, "CONVSERVE_DEFAULT_MODEL": "fashion"}
     process = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--metrics-port", "-1", "--models-dir", str(models_dir)],
+         "--metrics-port", "-1", "--models-dir", str(models_dir), "--log-format", "json"],
         stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert process.stderr is not None
     for line in process.stderr:  # wait for the log line that follows SERVING
-        if " serving " in line:
+        if line.startswith("{") and json.loads(line)["message"].startswith("serving "):
+            assert json.loads(line)["level"] == "INFO"
             break
     else:
         pytest.fail(f"the server exited with {process.wait()} before serving")
