@@ -152,12 +152,12 @@ class Batcher:
             return
         self._running += 1
         done = loop.run_in_executor(self._executor, _run_batch, self._run, pixels)
-        done.add_done_callback(lambda finished: self._finish(batch, finished, started))
+        done.add_done_callback(lambda finished: self._finish(batch, finished, images, started))
 
     def _finish(
-        self, batch: list[_Request], finished: asyncio.Future[Array], started: float
+        self, batch: list[_Request], finished: asyncio.Future[Array], images: int, started: float
     ) -> None:
-        self._observe(sum(len(r.pixels) for r in batch), time.perf_counter() - started)
+        self._observe(images, time.perf_counter() - started)
         self._running -= 1
         if finished.cancelled():  # the executor shut down under it
             error: BaseException | None = Unavailable("the server is shutting down; retry")

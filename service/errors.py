@@ -1,4 +1,4 @@
-"""Errors a request can meet, each with its gRPC status; one interceptor maps them."""
+"""Errors a request can meet, each with its gRPC status; the `@rpc` boundary maps them."""
 
 from __future__ import annotations
 

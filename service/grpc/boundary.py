@@ -24,7 +24,7 @@ import grpc
 from service import metrics
 from service.errors import ServiceError
 
-__all__ = ["REQUEST_ID_KEY", "answered_by", "record", "rpc"]
+__all__ = ["REQUEST_ID_KEY", "answered_by", "failure", "record", "rpc"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,15 @@ def record(model: str, version: str, method: str, code: str, seconds: float) -> 
     series[1].observe(seconds)
 
 
+def failure(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller gets for `exc`: a `ServiceError`'s own; for anything
+    else INTERNAL and a generic message, the traceback logged as `what` failing."""
+    if isinstance(exc, ServiceError):
+        return exc.code, str(exc)
+    log.error("%s failed", what, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
+
+
 def rpc(handler: Handler) -> Handler:
     """Wrap a unary servicer method `async def Method(self, request, context)`."""
     method = handler.__name__
@@ -77,19 +86,15 @@ def rpc(handler: Handler) -> Handler:
         inflight.inc()
         try:
             return await handler(self, request, context)
-        except ServiceError as exc:
-            code = exc.code
-            await context.abort(code, str(exc), trailer)
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed (request id %s)", method, trailer[0][1])
-            await context.abort(code, "internal error; the server log has the details", trailer)
+        except Exception as exc:
+            code, message = failure(exc, f"{method} (request id {trailer[0][1]})")
+            await context.abort(code, message, trailer)
         finally:
             inflight.dec()
             record(*answered_by.get(), method, code.name, time.perf_counter() - started)

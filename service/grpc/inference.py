@@ -10,7 +10,6 @@ little-endian bytes in `raw_output_contents`.
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,14 +20,12 @@ import numpy as np
 
 from client._pb.inference import grpc_predict_v2_pb2 as v2
 from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from service.errors import InvalidInput, NotFound, ServiceError, Unavailable
-from service.grpc.boundary import answered_by, record, rpc
+from service.errors import InvalidInput, NotFound, Unavailable
+from service.grpc.boundary import answered_by, failure, record, rpc
 from service.grpc.engine import Engine
 from service.model import Model
 
 __all__ = ["InferenceServicer"]
-
-log = logging.getLogger(__name__)
 
 SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # Datatype → (numpy dtype, the InferTensorContents field carrying it typed).
@@ -120,15 +117,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             code = grpc.StatusCode.OK
             try:
                 yield v2.ModelStreamInferResponse(infer_response=await self._infer(request))
-            except ServiceError as exc:
-                code = exc.code
-                yield _stream_error(request, f"{code.name}: {exc}")
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("ModelStreamInfer failed")
-                yield _stream_error(
-                    request, "INTERNAL: internal error; the server log has the details"
-                )
+            except Exception as exc:
+                code, message = failure(exc, "ModelStreamInfer")
+                yield _stream_error(request, f"{code.name}: {message}")
             finally:
                 record(
                     *answered_by.get(), "ModelStreamInfer", code.name, time.perf_counter() - started

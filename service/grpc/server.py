@@ -111,7 +111,7 @@ class Server:
             else f"{host}:{self.settings.port}"
         )
         port = server.add_insecure_port(address)
-        await self._set_health(NOT_SERVING, [])
+        await self._set_health(NOT_SERVING)
         self._start_metrics()  # first: if its port is taken, nothing is left running
         await server.start()
         self._grpc = server
@@ -148,7 +148,7 @@ class Server:
 
     async def _update_health(self) -> None:
         """SERVING for the server and services when ready; per model while it is loaded."""
-        await self._set_health(SERVING if self.repository.ready else NOT_SERVING, [])
+        await self._set_health(SERVING if self.repository.ready else NOT_SERVING)
         names = set(self.repository.names)
         for name in self._health_names - names:
             await self._health.set(name, NOT_SERVING)
@@ -156,8 +156,9 @@ class Server:
             await self._health.set(name, SERVING)
         self._health_names = names
 
-    async def _set_health(self, status: int, models: list[str]) -> None:
-        for name in ("", SERVICE_NAME, V2_SERVICE_NAME, *models):
+    async def _set_health(self, status: int) -> None:
+        """The server's and both services' status (each model's is set by `_update_health`)."""
+        for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
             await self._health.set(name, status)
 
     def _start_metrics(self) -> None:
