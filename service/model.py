@@ -1,4 +1,5 @@
-"""One loaded model version: the Keras model behind compiled, warmed `tf.function`s."""
+"""One loaded model version: the Keras model, its numpy runtime when it has one, and
+compiled, warmed `tf.function`s."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class _FeatureFunction:
 class Model:
     """A model version ready to answer: `predict` and `feature_map` take raw pixels (0..255).
 
-    Both are plain blocking calls that run TensorFlow; callers run them in worker threads.
+    Both are plain blocking calls. `feature_map` (and `predict` on the TensorFlow runtime)
+    runs TensorFlow: callers run it in worker threads; the batcher decides where numpy runs.
     """
 
     def __init__(
