@@ -9,7 +9,7 @@ MODEL ?= fashion
 APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install system-packages run train test lint format clean proto bench readme
+.PHONY: install system-packages run train test cluster-test lint format clean proto bench readme
 
 install: system-packages $(VENV)/.installed
 
@@ -41,8 +41,16 @@ run: install
 train: install
 	$(BIN)/convserve train --preset seed --name $(MODEL) --models-dir $(MODELS_DIR)
 
+# The tests also run deploy/'s topology on loopback: Envoy comes from PyPI, Prometheus from Debian.
+TEST_APT_PACKAGES := prometheus
 test: install
+	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(TEST_APT_PACKAGES)"
 	$(BIN)/python -m pytest
+
+# Just that topology: 3 replicas + Envoy + Prometheus; spread, kill -9, SIGTERM, counts.
+cluster-test: install
+	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(TEST_APT_PACKAGES)"
+	$(BIN)/python -m pytest -s tests/deploy/test_cluster.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -47,7 +47,9 @@ async def serve(settings: Any) -> None:
     await server.start()
     await stop.wait()
     logging.getLogger(__name__).info(
-        "signal received: draining for up to %.1f s", settings.grace_seconds
+        "signal received: draining for %.1f s, then up to %.1f s for requests in flight",
+        settings.drain_seconds,
+        settings.grace_seconds,
     )
     await server.stop()
 

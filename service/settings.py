@@ -66,8 +66,14 @@ class Settings(BaseSettings):
         description="server processes sharing the gRPC port (SO_REUSEPORT), each with every "
         "model; worker i exports metrics on metrics_port + i",
     )
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="on SIGTERM, how long to keep answering while health says NOT_SERVING, so "
+        "load balancers stop sending first (the container image sets 5)",
+    )
     grace_seconds: float = Field(
-        10.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+        10.0, ge=0, description="then how long in-flight requests may take to finish"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="logging level"

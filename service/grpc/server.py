@@ -172,8 +172,12 @@ class Server:
         self.metrics_port = self._metrics_server.server_port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING at once, refuse new calls, let in-flight ones finish in `grace` s."""
+        """Health NOT_SERVING at once; keep answering for `drain_seconds` while load balancers
+        move away; then refuse new calls and let in-flight ones finish in `grace` s."""
         await self._health.enter_graceful_shutdown()
+        if self.settings.drain_seconds:
+            log.info("NOT_SERVING; still answering for %.1f s", self.settings.drain_seconds)
+            await asyncio.sleep(self.settings.drain_seconds)
         if self._watcher is not None:
             self._watcher.cancel()
         if self._grpc is not None:

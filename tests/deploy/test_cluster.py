@@ -1,0 +1,210 @@
+"""deploy/'s topology for real on loopback (`make cluster-test`): 3 replicas, Envoy, Prometheus.
+
+The client has its own retries off (`retries=0`): every failure Envoy lets through is counted.
+The tests run in file order against one cluster; the kill -9 test restarts its replica.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from client import Client
+from client.errors import ConvserveError
+from tests.deploy.topology import DEPLOY, Cluster, Replica, http_get, running, wait_until
+
+CALLERS = 8
+
+
+@pytest.fixture(scope="module")
+def cluster(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running(models_dir, tmp_path_factory.mktemp("cluster")) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    from training.data import load
+
+    return load("test", limit=256).images
+
+
+class Load:
+    """CALLERS threads calling Predict through Envoy, counting outcomes by gRPC code."""
+
+    def __init__(self, target: str, images: np.ndarray, model: str | None = None) -> None:
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.messages: dict[str, str] = {}  # the last message of each failure code
+        self._client = Client(target, retries=0, timeout=10)
+        self._images, self._model = images, model
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def call(self, index: int) -> None:
+        image = self._images[index % len(self._images)][None]
+        try:
+            self._client.predict(image, model=self._model)
+            outcome = "OK"
+        except ConvserveError as exc:
+            outcome = exc.code.name
+            self.messages[outcome] = str(exc)
+        with self._lock:
+            self.outcomes[outcome] += 1
+
+    def send(self, count: int) -> collections.Counter[str]:
+        """`count` requests, CALLERS at a time."""
+        counter = iter(range(count))
+        lock = threading.Lock()
+
+        def caller() -> None:
+            while True:
+                with lock:
+                    index = next(counter, None)
+                if index is None:
+                    return
+                self.call(index)
+
+        self._run(caller)
+        for thread in self._threads:
+            thread.join()
+        return self.outcomes
+
+    def start(self) -> None:
+        """Call without pause until `stop()`."""
+
+        def caller() -> None:
+            index = 0
+            while not self._stop.is_set():
+                self.call(index)
+                index += 1
+
+        self._run(caller)
+
+    def stop(self) -> collections.Counter[str]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        self._client.close()
+        return self.outcomes
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.outcomes.values())
+
+    def _run(self, caller: object) -> None:
+        self._threads = [threading.Thread(target=caller) for _ in range(CALLERS)]  # type: ignore[arg-type]
+        for thread in self._threads:
+            thread.start()
+
+
+def answered(replica: Replica) -> int:
+    """The replica's own count of requests answered (every method and code), from /metrics."""
+    families = text_string_to_metric_families(http_get(replica.metrics_url))
+    family = next(f for f in families if f.name == "convserve_requests")
+    return int(sum(sample.value for sample in family.samples if sample.name.endswith("_total")))
+
+
+def test_requests_spread_over_the_replicas(cluster: Cluster, images: np.ndarray) -> None:
+    before = [answered(replica) for replica in cluster.replicas]
+    outcomes = Load(cluster.target, images).send(3000)
+    assert outcomes == {"OK": 3000}
+    served = [answered(replica) - b for replica, b in zip(cluster.replicas, before, strict=True)]
+    assert sum(served) == 3000
+    shares = [count / 3000 for count in served]
+    print(f"\nspread over 3,000 requests: {served} = {[f'{s:.1%}' for s in shares]}")
+    assert all(0.25 <= share <= 0.42 for share in shares), shares
+
+
+def test_prometheus_counts_every_request_of_every_replica(
+    cluster: Cluster, images: np.ndarray
+) -> None:
+    def prometheus_total() -> int:
+        return int(sum(float(r["value"][1]) for r in cluster.query("convserve_requests_total")))
+
+    settled = sum(answered(replica) for replica in cluster.replicas)
+    wait_until(lambda: prometheus_total() == settled, "Prometheus to scrape every replica", 30)
+
+    good = Load(cluster.target, images).send(500)
+    bad = Load(cluster.target, images, model="shoes").send(20)  # NOT_FOUND is not retried
+    assert (good, bad) == ({"OK": 500}, {"NOT_FOUND": 20})
+    wait_until(lambda: prometheus_total() == settled + 520, "Prometheus to count 520 more", 30)
+
+    by_replica = cluster.query("sum by (instance) (convserve_requests_total)")
+    instances = {f"127.0.0.1:{replica.metrics_port}" for replica in cluster.replicas}
+    assert {r["metric"]["instance"] for r in by_replica} == instances
+    print(f"\nPrometheus: {prometheus_total()} requests = {settled} + 520 sent in this test")
+
+
+def test_every_dashboard_query_has_data(cluster: Cluster) -> None:
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/convserve.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    # A rate needs two scrapes of a series: the NOT_FOUND answers above may be one scrape old.
+    for query in (q.replace("$__rate_interval", "1m") for q in queries):
+        wait_until(lambda q=query: bool(cluster.query(q)), f"data for {query}", 10)
+    per_replica = cluster.query(queries[0].replace("$__rate_interval", "1m"))
+    assert len(per_replica) == len(cluster.replicas)
+
+
+def _during_load(cluster: Cluster, images: np.ndarray, event: object) -> tuple[int, int, int]:
+    """Continuous load; `event()` after 1.5 s; 3 s after it returns.
+
+    Returns (requests, requests after the event began, Envoy's retries)."""
+    retries_before = _envoy_retries(cluster)
+    load = Load(cluster.target, images)
+    load.start()
+    time.sleep(1.5)
+    at_event = load.total()
+    event()  # type: ignore[operator]
+    time.sleep(3)
+    outcomes = load.stop()
+    total = sum(outcomes.values())
+    assert outcomes == {"OK": total}, f"failed requests: {outcomes} {load.messages}"
+    return total, total - at_event, _envoy_retries(cluster) - retries_before
+
+
+def _envoy_retries(cluster: Cluster) -> int:
+    stats = http_get(f"{cluster.envoy_admin}/stats?filter=^cluster.convserve.upstream_rq_retry$")
+    return int(stats.split(":")[1])
+
+
+def test_kill_9_of_a_replica_under_load_fails_no_request(
+    cluster: Cluster, images: np.ndarray
+) -> None:
+    victim = cluster.replicas[0]
+    total, after, retries = _during_load(cluster, images, victim.process.kill)
+    assert victim.process.wait(timeout=10) == -signal.SIGKILL
+    assert after > 100  # the other replicas kept answering
+    wait_until(lambda: cluster.healthy_replicas() == 2, "Envoy to drop the dead replica", 10)
+    print(f"\nkill -9: {total} requests, {after} after the kill, 0 failed, {retries} retried")
+
+    # Restarted, as an orchestrator would: it answers again once its health check passes and
+    # its outlier ejection (10 s) has run out.
+    victim.start()
+    load = Load(cluster.target, images)
+    wait_until(lambda: load.send(50) and answered(victim) > 0, "the replica to rejoin", 120)
+    assert load.outcomes == {"OK": load.total()}
+
+
+def test_sigterm_drains_a_replica_under_load_and_fails_no_request(
+    cluster: Cluster, images: np.ndarray
+) -> None:
+    replica = cluster.replicas[1]
+
+    def stop() -> None:
+        replica.process.send_signal(signal.SIGTERM)
+        assert replica.process.wait(timeout=30) == 0  # after 5 s of drain
+
+    total, after, retries = _during_load(cluster, images, stop)
+    assert "stopped" in replica.log.read_text()
+    assert after > 100
+    print(f"\nSIGTERM: {total} requests, {after} after the signal, 0 failed, {retries} retried")
