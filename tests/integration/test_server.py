@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -209,3 +210,25 @@ async def test_a_second_server_on_a_busy_port_fails(server, models_dir: Path) ->
             await second.start()
     finally:
         await second.stop(0)
+
+
+async def test_draining_answers_while_health_says_not_serving(models_dir: Path) -> None:
+    """What lets a load balancer move traffic away before a stopping replica refuses calls."""
+    from client import AsyncClient
+    from client.errors import Unavailable
+    from service.grpc.server import Server
+    from service.settings import Settings
+
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, models_dir=models_dir,
+                        default_model="fashion", drain_seconds=1.5)  # fmt: skip
+    server = Server(settings)
+    image = np.zeros((1, 28, 28), np.uint8)
+    async with AsyncClient(f"127.0.0.1:{await server.start()}", retries=0) as client:
+        assert await client.health() == "SERVING"
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.3)
+        assert await client.health() == "NOT_SERVING"
+        assert (await client.predict(image)).model == "fashion"
+        await stopping
+        with pytest.raises(Unavailable):
+            await client.predict(image)
