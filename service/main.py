@@ -16,7 +16,14 @@ from typing import Any
 
 __all__ = ["add_arguments", "main", "serve"]
 
-_PARSERS: dict[Any, Any] = {int: int, float: float, Path: Path}
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in {"true", "1", "yes", "on"}
+
+
+_PARSERS: dict[Any, Any] = {int: int, float: float, Path: Path, bool: _boolean}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +62,8 @@ async def serve(settings: Any) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the traceback, if any)."""
+    """One JSON object per line: time, level, logger, message, the record's `fields` (the
+    access log's) and the traceback, if any."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -64,6 +72,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -73,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from pydantic import ValidationError
 
+    from service.grpc.boundary import ACCESS_LOGGER
     from service.settings import Settings
 
     values = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
@@ -89,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=settings.log_level, handlers=[handler])
+    logging.getLogger(ACCESS_LOGGER).setLevel(
+        logging.INFO if settings.access_log else logging.WARNING
+    )
     if settings.workers > 1:
         return supervise(settings)
     asyncio.run(serve(settings))

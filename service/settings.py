@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="logging level"
     )
+    access_log: bool = Field(
+        False,
+        description="log one line per answered call: request id, method, model, version, "
+        "status code and milliseconds",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text, or one JSON object per line (for log shippers)"
     )

@@ -87,7 +87,8 @@ def serve_process(models_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str
     env = {**os.environ, "CONVSERVE_DEFAULT_MODEL": "fashion"}
     process = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--metrics-port", "-1", "--models-dir", str(models_dir), "--log-format", "json"],
+         "--metrics-port", "-1", "--models-dir", str(models_dir), "--log-format", "json",
+         "--access-log", "true"],
         stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert process.stderr is not None
@@ -153,14 +154,28 @@ def test_cli_against_a_served_process(serve_process, tmp_path: Path) -> None:
     assert missing.returncode == 2 and "NOT_FOUND: model 'shoes' is not loaded" in missing.stderr
 
 
-def test_sigterm_drains_and_exits_zero(serve_process) -> None:
+def test_access_log_and_sigterm(serve_process) -> None:
+    from client._pb.convserve.v1 import convserve_pb2 as pb
+    from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+
     process, target = serve_process
-    with Client(target) as client:
-        assert client.predict(np.zeros((1, 28, 28), np.uint8)).model == "fashion"
+    with grpc.insecure_channel(target) as channel:
+        request = pb.PredictRequest(images=pb.Images(tensor=pb.Tensor(
+            dtype=pb.DATA_TYPE_UINT8, shape=[1, 28, 28], content=bytes(784))))  # fmt: skip
+        _, call = pb_grpc.ConvServeStub(channel).Predict.with_call(
+            request, metadata=[("x-request-id", "caller-42")], timeout=30
+        )
+    assert ("x-request-id", "caller-42") in call.trailing_metadata()
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     assert process.stderr is not None
-    assert "stopped" in process.stderr.read()
+    lines = [json.loads(line) for line in process.stderr if line.startswith("{")]
+    assert lines[-1]["message"] == "stopped"
+    access = [line for line in lines if line["logger"] == "convserve.access"]
+    assert {"request_id": "caller-42", "method": "Predict", "model": "fashion", "version": "1",
+            "code": "OK"}.items() <= access[-1].items()  # fmt: skip
+    assert access[-1]["ms"] > 0
+    assert any(line["code"] == "NOT_FOUND" for line in access)  # the CLI's unknown model
 
 
 def test_workers_share_the_port_and_stop_together(models_dir: Path) -> None:
