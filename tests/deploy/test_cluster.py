@@ -7,6 +7,7 @@ The tests run in file order against one cluster; the kill -9 test restarts its r
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import signal
 import threading
@@ -61,50 +62,42 @@ class Load:
         with self._lock:
             self.outcomes[outcome] += 1
 
-    def send(self, count: int) -> collections.Counter[str]:
-        """`count` requests, CALLERS at a time."""
-        counter = iter(range(count))
-        lock = threading.Lock()
+    def start(self, requests: int | None = None) -> None:
+        """CALLERS threads calling until `requests` calls were made, or until `stop()`."""
+        issued = itertools.count()
 
         def caller() -> None:
-            while True:
-                with lock:
-                    index = next(counter, None)
-                if index is None:
+            while not self._stop.is_set():
+                with self._lock:
+                    index = next(issued)
+                if requests is not None and index >= requests:
                     return
                 self.call(index)
 
-        self._run(caller)
+        self._threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
         for thread in self._threads:
-            thread.join()
-        return self.outcomes
-
-    def start(self) -> None:
-        """Call without pause until `stop()`."""
-
-        def caller() -> None:
-            index = 0
-            while not self._stop.is_set():
-                self.call(index)
-                index += 1
-
-        self._run(caller)
+            thread.start()
 
     def stop(self) -> collections.Counter[str]:
+        """Stop calling; every outcome so far."""
         self._stop.set()
+        self._join()
+        self._stop.clear()
+        return self.outcomes
+
+    def send(self, requests: int) -> collections.Counter[str]:
+        """`requests` more calls; every outcome so far."""
+        self.start(requests)
+        self._join()
+        return self.outcomes
+
+    def _join(self) -> None:
         for thread in self._threads:
             thread.join()
-        self._client.close()
-        return self.outcomes
 
     def total(self) -> int:
         with self._lock:
             return sum(self.outcomes.values())
-
-    def _run(self, caller: object) -> None:
-        self._threads = [threading.Thread(target=caller) for _ in range(CALLERS)]  # type: ignore[arg-type]
-        for thread in self._threads:
-            thread.start()
 
 
 def answered(replica: Replica) -> int:
