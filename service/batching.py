@@ -10,32 +10,44 @@ long for company (more throughput, more latency); the default 0 never waits.
 Batches of at most `inline_max_images` run right on the event loop: for a small model in
 numpy a thread hand-off (and the GIL ping-pong that comes with it) costs more than the
 arithmetic. Larger batches, and every TensorFlow call, run in worker threads.
+
+Overload degrades into fast refusals: past `max_queued` waiting requests a new one gets
+RESOURCE_EXHAUSTED at once. A request whose deadline (`DEADLINE`, set by the gRPC boundary)
+passes while it waits is answered DEADLINE_EXCEEDED and never computed; a cancelled one
+leaves the queue at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
 
-from service.errors import Unavailable
+from service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
-__all__ = ["Batcher"]
+__all__ = ["DEADLINE", "Batcher"]
 
 Array = np.ndarray
 
+# When the current call's deadline passes (time.monotonic(), the event loop's clock), if any.
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
 
 class _Request:
-    __slots__ = ("arrived", "future", "pixels")
+    __slots__ = ("arrived", "deadline", "future", "pixels")
 
-    def __init__(self, pixels: Array, future: asyncio.Future[Array], arrived: float) -> None:
+    def __init__(
+        self, pixels: Array, future: asyncio.Future[Array], arrived: float, deadline: float | None
+    ) -> None:
         self.pixels = pixels
         self.future = future
         self.arrived = arrived
+        self.deadline = deadline
 
 
 class Batcher:
@@ -43,7 +55,7 @@ class Batcher:
 
     `run` maps [N, ...] → [N, ...] and runs in `executor`, never on the event loop. At most
     `max_concurrent_batches` batches run at once. An exception from `run` reaches exactly
-    the requests of that batch; a cancelled request still waiting is dropped from its batch.
+    the requests of that batch. `name` says whose queue it is in error messages.
     """
 
     def __init__(
@@ -55,8 +67,11 @@ class Batcher:
         max_batch_delay_s: float = 0.0,
         max_concurrent_batches: int = 1,
         inline_max_images: int = 0,
+        max_queued: int = 0,
+        name: str = "the model",
         observe_batch: Callable[[int, float], None] | None = None,
         observe_wait: Callable[[float], None] | None = None,
+        observe_drop: Callable[[str], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_concurrent_batches < 1 or max_batch_delay_s < 0:
             raise ValueError("max_batch_size and max_concurrent_batches >= 1, delay >= 0")
@@ -66,9 +81,13 @@ class Batcher:
         self.max_batch_delay_s = max_batch_delay_s
         self.max_concurrent_batches = max_concurrent_batches
         self.inline_max_images = inline_max_images
-        # (images, seconds the batch ran) per batch; seconds waited in the queue per request.
+        self.max_queued = max_queued  # 0: no limit
+        self.name = name
+        # (images, seconds the batch ran) per batch; seconds waited in the queue per request;
+        # why a request left the queue uncomputed ("deadline" or "cancelled").
         self._observe = observe_batch or (lambda images, seconds: None)
         self._observe_wait = observe_wait or (lambda seconds: None)
+        self._observe_drop = observe_drop or (lambda reason: None)
         self._dispatch_scheduled = False
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_images = 0
@@ -79,6 +98,11 @@ class Batcher:
     def queued_images(self) -> int:
         return self._queued_images
 
+    @property
+    def running(self) -> int:
+        """Batches being computed in worker threads right now."""
+        return self._running
+
     async def submit(self, pixels: Array) -> Array:
         images = len(pixels)
         if images <= self.inline_max_images and not (self._queue or self.max_batch_delay_s):
@@ -88,14 +112,27 @@ class Batcher:
             result = self._run(pixels)
             self._observe(images, time.perf_counter() - started)
             return result
+        if self.max_queued and len(self._queue) >= self.max_queued:
+            raise ResourceExhausted(
+                f"{self.name} has {len(self._queue)} requests waiting, the most it queues "
+                f"(max_queued_requests); retry later"
+            )
         loop = asyncio.get_running_loop()
-        request = _Request(pixels, loop.create_future(), loop.time())
+        request = _Request(pixels, loop.create_future(), loop.time(), DEADLINE.get())
         self._queue.append(request)
         self._queued_images += images
         if not self._dispatch_scheduled:  # requests arriving in this loop turn share a batch
             self._dispatch_scheduled = True
             loop.call_soon(self._dispatch)
-        return await request.future
+        try:
+            return await request.future
+        except asyncio.CancelledError:  # the caller went away (or gRPC saw its deadline pass)
+            if request in self._queue:
+                self._queue.remove(request)
+                self._queued_images -= images
+                expired = request.deadline is not None and loop.time() >= request.deadline
+                self._observe_drop("deadline" if expired else "cancelled")
+            raise
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
@@ -122,6 +159,7 @@ class Batcher:
             self._timer = None
         batch: list[_Request] = []
         images = 0
+        now = asyncio.get_running_loop().time()
         while self._queue:
             request = self._queue[0]
             size = len(request.pixels)
@@ -129,7 +167,15 @@ class Batcher:
                 break
             self._queue.popleft()
             self._queued_images -= size
-            if request.future.done():  # cancelled while waiting: never computed
+            if request.future.done():  # cancelled, and its task has not run since
+                self._observe_drop("cancelled")
+                continue
+            if request.deadline is not None and now >= request.deadline:
+                self._observe_drop("deadline")
+                request.future.set_exception(DeadlineExceeded(
+                    f"the call's deadline passed after {(now - request.arrived) * 1e3:.1f} ms "
+                    f"in {self.name}'s queue; it was not computed"
+                ))  # fmt: skip
                 continue
             batch.append(request)
             images += size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "DeadlineExceeded",
     "InvalidInput",
     "ModelLoadError",
     "NotFound",
@@ -30,6 +31,10 @@ class NotFound(ServiceError):
 
 class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Unavailable(ServiceError):

@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "BATCH_SIZE",
+    "DROPPED",
     "INFERENCE_DURATION",
     "INFLIGHT",
     "MODEL_LOADED",
@@ -53,6 +54,12 @@ BATCH_SIZE = Histogram(
     "Images per batch the batcher ran, by model and version.",
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+DROPPED = Counter(
+    "convserve_dropped_requests",
+    "Requests that left a batch queue uncomputed: their deadline passed or the caller "
+    "cancelled, by model and reason.",
+    ["model", "reason"],
 )
 MODEL_LOADED = Gauge(
     "convserve_model_loaded",

@@ -43,6 +43,18 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="largest request or response message, in bytes"
     )
     max_images: int = Field(4096, ge=1, description="most images one request may carry")
+    max_concurrent_requests: int = Field(
+        1024,
+        ge=1,
+        description="calls answered at once (health checks excepted); more are refused at once "
+        "with RESOURCE_EXHAUSTED",
+    )
+    max_queued_requests: int = Field(
+        256,
+        ge=1,
+        description="requests waiting in one model version's batch queue; more are refused at "
+        "once with RESOURCE_EXHAUSTED",
+    )
     inference_threads: int = Field(
         2,
         ge=1,

@@ -1,6 +1,7 @@
 """The one error and metrics boundary: every servicer method is wrapped by `@rpc`.
 
-It maps `ServiceError` to its status and anything else to INTERNAL (traceback logged, a
+It admits the call (or refuses it: too many in flight, deadline passed), maps
+`ServiceError` to its status and anything else to INTERNAL (traceback logged, a
 generic message to the caller), counts each call by model, version, method and code with
 its latency and the calls in flight, and answers with the call's request id (the caller's
 `x-request-id` metadata, or a new one) in the trailing metadata, and logs it to the access
@@ -23,9 +24,18 @@ from typing import Any, TypeVar
 import grpc
 
 from service import metrics
-from service.errors import ServiceError
+from service.batching import DEADLINE
+from service.errors import DeadlineExceeded, ResourceExhausted, ServiceError
 
-__all__ = ["ACCESS_LOGGER", "REQUEST_ID_KEY", "answered_by", "failure", "record", "rpc"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "REQUEST_ID_KEY",
+    "Admission",
+    "answered_by",
+    "failure",
+    "record",
+    "rpc",
+]
 
 log = logging.getLogger(__name__)
 # One INFO line per answered unary call; `convserve serve --access-log true` turns it on.
@@ -66,6 +76,28 @@ def record(model: str, version: str, method: str, code: str, seconds: float) -> 
     series[1].observe(seconds)
 
 
+class Admission:
+    """One server's calls in flight (every `@rpc` method) and the most it takes at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inflight = 0
+
+    def admit(self, remaining: float | None) -> None:
+        """Take a call with `remaining` seconds to its deadline (None: none), or refuse it."""
+        if self.inflight >= self.limit:
+            raise ResourceExhausted(
+                f"the server is answering {self.inflight} calls, the most it takes at once "
+                f"(max_concurrent_requests); retry later"
+            )
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded(
+                "the call's deadline had passed when the server took it up; it was not computed"
+            )
+        DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
+        self.inflight += 1
+
+
 def failure(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
     """The status and message a caller gets for `exc`: a `ServiceError`'s own; for anything
     else INTERNAL and a generic message, the traceback logged as `what` failing."""
@@ -84,7 +116,8 @@ def _log_access(
 
 
 def rpc(handler: Handler) -> Handler:
-    """Wrap a unary servicer method `async def Method(self, request, context)`."""
+    """Wrap a unary method `async def Method(self, request, context)` of a servicer that has
+    an `engine` (whose `admission` takes or refuses the call)."""
     method = handler.__name__
     inflight = metrics.INFLIGHT.labels(method)
 
@@ -95,9 +128,14 @@ def rpc(handler: Handler) -> Handler:
         trailer = ((REQUEST_ID_KEY, _request_id(context)),)
         context.set_trailing_metadata(trailer)
         code = grpc.StatusCode.OK
+        admission = self.engine.admission
         inflight.inc()
         try:
-            return await handler(self, request, context)
+            admission.admit(context.time_remaining())
+            try:
+                return await handler(self, request, context)
+            finally:
+                admission.inflight -= 1
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise

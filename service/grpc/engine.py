@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.errors import ResourceExhausted
-from service.grpc.boundary import answered_by
+from service.grpc.boundary import Admission, answered_by
 from service.images import as_pixels, decode_files
 from service.model import Model
 from service.repository import Repository
@@ -30,9 +30,15 @@ class Engine:
     """TensorFlow runs in `executor`'s threads; the event loop only decodes and encodes."""
 
     def __init__(
-        self, repository: Repository, executor: Executor, max_images: int, max_message_bytes: int
+        self,
+        repository: Repository,
+        executor: Executor,
+        max_images: int,
+        max_message_bytes: int,
+        max_concurrent_requests: int = 1 << 30,
     ) -> None:
         self.repository = repository
+        self.admission = Admission(max_concurrent_requests)
         self._executor = executor
         self.max_images = max_images
         self._max_message_bytes = max_message_bytes

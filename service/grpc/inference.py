@@ -37,7 +37,7 @@ DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, engine: Engine, change_repository: Callable[..., Awaitable[None]]) -> None:
-        self._engine = engine
+        self.engine = engine
         self._repository = engine.repository
         self._change_repository = change_repository  # runs a repository call off the loop
 
@@ -59,7 +59,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     ) -> v2.ModelReadyResponse:
         version = _version(request.version)
         try:
-            self._engine.model(request.name, version)
+            self.engine.model(request.name, version)
         except (NotFound, Unavailable):
             return v2.ModelReadyResponse(ready=False)
         return v2.ModelReadyResponse(ready=True)
@@ -78,7 +78,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelMetadata(
         self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.ModelMetadataResponse:
-        model = self._engine.model(request.name, _version(request.version))
+        model = self.engine.model(request.name, _version(request.version))
         tensor = v2.ModelMetadataResponse.TensorMetadata
         return v2.ModelMetadataResponse(
             name=model.name,
@@ -160,7 +160,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return v2.RepositoryModelUnloadResponse()
 
     async def _infer(self, request: v2.ModelInferRequest) -> v2.ModelInferResponse:
-        model = self._engine.model(request.model_name, _version(request.model_version))
+        model = self.engine.model(request.model_name, _version(request.model_version))
         names = [output.name for output in request.outputs] or [model.output_name]
         for name in names:
             if name != model.output_name and name not in model.feature_layers:
@@ -168,15 +168,15 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                     f"model {model.name!r} has no output {name!r}; outputs: "
                     f"{', '.join((model.output_name, *model.feature_layers))}"
                 )
-        pixels = self._engine.pixels(_input_array(request, model), model)
+        pixels = self.engine.pixels(_input_array(request, model), model)
         response = v2.ModelInferResponse(
             model_name=model.name, model_version=str(model.version), id=request.id
         )
         for name in names:
             if name == model.output_name:
-                array = await self._engine.predict(model, pixels)
+                array = await self.engine.predict(model, pixels)
             else:
-                array, _ = await self._engine.feature_map(model, name, pixels)
+                array, _ = await self.engine.feature_map(model, name, pixels)
             response.outputs.add(name=name, datatype="FP32", shape=array.shape)
             response.raw_output_contents.append(array.astype("<f4", copy=False).tobytes())
         return response

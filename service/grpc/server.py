@@ -74,8 +74,11 @@ class Server:
             max_batch_delay_s=self.settings.max_batch_delay_ms / 1000,
             max_concurrent_batches=self.settings.inference_threads,
             inline_max_images=self.settings.inline_max_images if model.runtime == "numpy" else 0,
+            max_queued=self.settings.max_queued_requests,
+            name=f"model {model.name!r} version {model.version}",
             observe_batch=observe_batch,
             observe_wait=metrics.QUEUE_WAIT.labels(model.name).observe,
+            observe_drop=lambda reason: metrics.DROPPED.labels(model.name, reason).inc(),
         )
         return model
 
@@ -95,7 +98,13 @@ class Server:
                 ("grpc.so_reuseport", int(os.environ.get(WORKER_ENV) == "1")),
             ],
         )
-        engine = Engine(self.repository, self._executor, self.settings.max_images, size)
+        engine = Engine(
+            self.repository,
+            self._executor,
+            self.settings.max_images,
+            size,
+            self.settings.max_concurrent_requests,
+        )
         add_to_server(ConvServeServicer(engine), server)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(engine, self.change_repository), server

@@ -27,28 +27,28 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
     """convserve.v1 messages ⇄ the shared `Engine`."""
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        self.engine = engine
 
     @rpc
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         """Answers with the response's wire bytes (see `add_to_server`)."""
-        model = self._engine.model(request.model.name, request.model.version)
+        model = self.engine.model(request.model.name, request.model.version)
         if request.top_k < 0:
             raise InvalidInput(f"top_k must be >= 0 (0 means {DEFAULT_TOP_K}), got {request.top_k}")
-        probabilities = await self._engine.predict(model, await self._pixels(request.images, model))
+        probabilities = await self.engine.predict(model, await self._pixels(request.images, model))
         return model.encoder.encode(probabilities, request.top_k or DEFAULT_TOP_K)
 
     @rpc
     async def FeatureMap(
         self, request: pb.FeatureMapRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FeatureMapResponse:
-        model = self._engine.model(request.model.name, request.model.version)
+        model = self.engine.model(request.model.name, request.model.version)
         layer = request.layer or model.default_layer
         model.check_layer(layer)
         pixels = await self._pixels(request.images, model)
-        activations, pre = await self._engine.feature_map(
+        activations, pre = await self.engine.feature_map(
             model, layer, pixels, request.include_pre_activation
         )
         return pb.FeatureMapResponse(
@@ -62,8 +62,8 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelMetadata:
-        model = self._engine.model(request.model.name, request.model.version)
-        return metadata_message(model, self._engine.repository)
+        model = self.engine.model(request.model.name, request.model.version)
+        return metadata_message(model, self.engine.repository)
 
     @rpc
     async def ListModels(
@@ -78,14 +78,14 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
                     is_default=status.is_default,
                     class_names=status.class_names,
                 )
-                for status in self._engine.repository.status()
+                for status in self.engine.repository.status()
             ]
         )
 
     async def _pixels(self, images: pb.Images, model: Model) -> np.ndarray:
         if is_encoded(images):
-            return await self._engine.decode(list(images.encoded.files), model)
-        return from_images(images, model.input_shape, self._engine.max_images)
+            return await self.engine.decode(list(images.encoded.files), model)
+        return from_images(images, model.input_shape, self.engine.max_images)
 
 
 def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server) -> None:

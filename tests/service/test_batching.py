@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batching import Batcher
+from service.batching import DEADLINE, Batcher
+from service.errors import DeadlineExceeded, ResourceExhausted
 
 
 class Gated:
@@ -112,19 +113,62 @@ async def test_a_full_batch_does_not_wait_for_the_delay(executor: ThreadPoolExec
     assert run.batches == [[0, 1, 2, 3]]
 
 
-async def test_a_cancelled_waiting_request_is_never_computed(executor: ThreadPoolExecutor) -> None:
-    run = Gated()
-    batcher = Batcher(run, executor, max_batch_size=8)
+async def test_a_cancelled_waiting_request_leaves_the_queue_uncomputed(
+    executor: ThreadPoolExecutor,
+) -> None:
+    run, drops = Gated(), []
+    batcher = Batcher(run, executor, max_batch_size=8, observe_drop=drops.append)
     first = asyncio.ensure_future(batcher.submit(rows(0)))
     await run.wait_started()
     a, b, c = (asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2, 3))
     await asyncio.sleep(0)
+    assert batcher.queued_images == 3
     b.cancel()
+    await asyncio.sleep(0)
+    assert (batcher.queued_images, drops) == (2, ["cancelled"])  # gone before any dispatch
     run.gate.set()
     results = await asyncio.gather(first, a, c)
     assert run.batches == [[0], [1, 3]]
     assert [r.tolist() for r in results] == [[[0]], [[2]], [[6]]]
     assert b.cancelled()
+
+
+async def test_past_max_queued_a_request_is_refused_at_once(executor: ThreadPoolExecutor) -> None:
+    run = Gated()
+    batcher = Batcher(run, executor, max_queued=2, name="model 'm' version 1")
+    first = asyncio.ensure_future(batcher.submit(rows(0)))
+    await run.wait_started()
+    queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhausted, match=r"model 'm' version 1 has 2 requests waiting.*"
+                       r"\(max_queued_requests\)"):  # fmt: skip
+        await batcher.submit(rows(3))
+    run.gate.set()
+    assert [r.tolist() for r in await asyncio.gather(first, *queued)] == [[[0]], [[2]], [[4]]]
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
+    executor: ThreadPoolExecutor,
+) -> None:
+    run, drops = Gated(), []
+    batcher = Batcher(run, executor, observe_drop=drops.append)
+    first = asyncio.ensure_future(batcher.submit(rows(0)))
+    await run.wait_started()
+
+    async def with_deadline(value: float, seconds: float) -> np.ndarray:
+        DEADLINE.set(asyncio.get_running_loop().time() + seconds)
+        return await batcher.submit(rows(value))
+
+    late = asyncio.ensure_future(with_deadline(1, 0.05))
+    patient = asyncio.ensure_future(with_deadline(2, 60))
+    await asyncio.sleep(0.1)  # the first batch still runs: the 50 ms deadline passes
+    run.gate.set()
+    with pytest.raises(DeadlineExceeded, match=r"deadline passed after \d+\.\d ms.*not computed"):
+        await late
+    assert (await patient).tolist() == [[4]]
+    await first
+    assert run.batches == [[0], [2]]
+    assert drops == ["deadline"]
 
 
 async def test_an_exception_reaches_exactly_its_batch(executor: ThreadPoolExecutor) -> None:
