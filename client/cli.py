@@ -166,6 +166,15 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT of the server (env CONVSERVE_TARGET, default localhost:50051)",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CONVSERVE_TOKEN"),
+        help="bearer token sent with every call (env CONVSERVE_TOKEN)",
+    )
+    parser.add_argument("--tls", action="store_true", help="connect over TLS (system CAs)")
+    parser.add_argument("--ca-cert", type=Path, help="PEM CA certificates to trust (implies --tls)")
+    parser.add_argument("--client-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--client-key", type=Path, help="PEM key of --client-cert")
 
 
 def _add_images(parser: argparse.ArgumentParser) -> None:
@@ -243,7 +252,15 @@ def _load_images(args: argparse.Namespace) -> tuple[Any, Any]:
 def _connect(args: argparse.Namespace) -> Any:
     from client.client import Client
 
-    return Client(args.target, timeout=args.timeout)
+    return Client(
+        args.target,
+        timeout=args.timeout,
+        token=args.token,
+        tls=args.tls,
+        ca_cert=args.ca_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+    )
 
 
 def _run_predict(args: argparse.Namespace) -> int:

@@ -288,10 +288,53 @@ def _repository_request(name: str) -> bytes:
 T = TypeVar("T")
 
 
+Pem = str | Path | bytes  # a PEM file's path, or its bytes
+
+
+def _pem(source: Pem | None) -> bytes | None:
+    return source if source is None or isinstance(source, bytes) else Path(source).read_bytes()
+
+
+def _credentials(
+    tls: bool, ca_cert: Pem | None, client_cert: Pem | None, client_key: Pem | None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials when any TLS option is given (else None: plaintext)."""
+    if not (tls or ca_cert or client_cert or client_key):
+        return None
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("client_cert and client_key go together: give both or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(ca_cert),  # None: the system's trusted CAs
+        private_key=_pem(client_key),
+        certificate_chain=_pem(client_cert),
+    )
+
+
 class _Base:
-    def __init__(self, target: str, timeout: float, channel: Any) -> None:
+    _grpc: Any  # the module whose channels this client uses: grpc or grpc.aio
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retries: int = 3,
+        token: str | None = None,
+        tls: bool = False,
+        ca_cert: Pem | None = None,
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
+    ) -> None:
+        options = _channel_options(max_message_bytes, retries)
+        credentials = _credentials(tls, ca_cert, client_cert, client_key)
+        if credentials is None:
+            channel = self._grpc.insecure_channel(target, options=options)
+        else:
+            channel = self._grpc.secure_channel(target, credentials, options=options)
         self.target = target
         self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel = channel
         self._stub = pb_grpc.ConvServeStub(channel)
         self._health = channel.unary_unary(
@@ -311,24 +354,16 @@ class Client(_Base):
 
     Every call has a deadline (`timeout` seconds unless the call gives its own), UNAVAILABLE is
     retried by gRPC with backoff, and failures raise `client.errors.ConvserveError` subclasses.
+    `token` goes with every call as `authorization: Bearer TOKEN`; `tls=True` or `ca_cert`
+    (PEM path or bytes; default the system's CAs) connect over TLS, with `client_cert` and
+    `client_key` for mutual TLS.
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        retries: int = 3,
-    ) -> None:
-        channel = grpc.insecure_channel(
-            target, options=_channel_options(max_message_bytes, retries)
-        )
-        super().__init__(target, timeout, channel)
+    _grpc = grpc
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
-            return method(request, timeout=self._timeout(timeout))
+            return method(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -383,22 +418,11 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The asyncio twin of `Client`: `async with AsyncClient(target) as c: await c.predict(x)`."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        retries: int = 3,
-    ) -> None:
-        channel = grpc.aio.insecure_channel(
-            target, options=_channel_options(max_message_bytes, retries)
-        )
-        super().__init__(target, timeout, channel)
+    _grpc = grpc.aio
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
-            return await method(request, timeout=self._timeout(timeout))
+            return await method(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 

@@ -116,14 +116,20 @@ def supervise(settings: Any) -> int:
     """
     import subprocess
 
+    from pydantic import SecretStr
+
     from service.grpc.server import WORKER_ENV
 
     log = logging.getLogger(__name__)
     if settings.port == 0:
         print("convserve serve: error: --workers > 1 needs a fixed --port", file=sys.stderr)
         return 2
-    base = {
-        f"CONVSERVE_{name.upper()}": str(value) for name, value in settings.model_dump().items()
+    base = {  # every setting, as the workers read it from the environment
+        f"CONVSERVE_{name.upper()}": str(
+            value.get_secret_value() if isinstance(value, SecretStr) else value
+        )
+        for name, value in settings.model_dump().items()
+        if value is not None
     }
     children = []
     for index in range(settings.workers):

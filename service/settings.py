@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "settings_table"]
@@ -99,6 +99,41 @@ class Settings(BaseSettings):
         "text", description="log lines as text, or one JSON object per line (for log shippers)"
     )
 
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate chain: serve over TLS (with tls_key)"
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA certificates: require a client certificate one of them signed "
+        "(mutual TLS)",
+    )
+    auth_tokens_file: Path | None = Field(
+        None,
+        description="bearer tokens, a TOKEN:SCOPE line each (scope inference or admin); with "
+        "tokens every call but health needs one, and only admin may load and unload models",
+    )
+    auth_tokens: SecretStr = Field(
+        SecretStr(""),
+        description="more tokens as TOKEN:SCOPE, separated by spaces (set it in the environment, "
+        "not on the command line)",
+    )
+    reflection: bool = Field(True, description="serve gRPC reflection (behind the tokens, if any)")
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        from service.grpc.auth import load_tokens
+
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca, self.auth_tokens_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a file")
+        load_tokens(self)  # raises what is wrong with an entry, never the token
+        return self
+
     @field_validator("version_policy")
     @classmethod
     def _parse_policy(cls, value: str) -> str:
@@ -116,6 +151,9 @@ def settings_table() -> str:
     ]
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        default = f"`{field.default}`" if field.default != "" else '""'
+        default = field.default
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        default = f"`{default}`" if default not in ("", None) else '""' if default == "" else "none"
         rows.append(f"| `{flag}` | `CONVSERVE_{name.upper()}` | {default} | {field.description} |")
     return "\n".join(rows)

@@ -19,6 +19,7 @@ from client._pb.convserve.v1 import convserve_pb2 as pb
 from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service import metrics
 from service.batching import Batcher
+from service.grpc.auth import TokenAuth, load_tokens
 from service.grpc.engine import Engine
 from service.grpc.inference import SERVICE_NAME as V2_SERVICE_NAME
 from service.grpc.inference import InferenceServicer
@@ -89,7 +90,9 @@ class Server:
         """
         started = time.perf_counter()
         size = self.settings.max_message_bytes
+        tokens = load_tokens(self.settings)
         server = grpc.aio.server(
+            interceptors=[TokenAuth(tokens)] if tokens else None,
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
@@ -110,16 +113,22 @@ class Server:
             InferenceServicer(engine, self.change_repository), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        if self.settings.reflection:
+            reflection.enable_server_reflection(
+                [SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
+                server,
+            )
         host = self.settings.host
         address = (
             f"[{host}]:{self.settings.port}"
             if ":" in host and not host.startswith("[")
             else f"{host}:{self.settings.port}"
         )
-        port = server.add_insecure_port(address)
+        credentials = self._tls_credentials()
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
         await self._set_health(NOT_SERVING)
         self._start_metrics()  # first: if its port is taken, nothing is left running
         await server.start()
@@ -169,6 +178,18 @@ class Server:
         """The server's and both services' status (each model's is set by `_update_health`)."""
         for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
             await self._health.set(name, status)
+
+    def _tls_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS from the settings' PEM files (mutual TLS with a client CA), or None: plaintext."""
+        settings = self.settings
+        if settings.tls_cert is None or settings.tls_key is None:
+            return None
+        client_ca = settings.tls_client_ca
+        return grpc.ssl_server_credentials(
+            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+            root_certificates=client_ca.read_bytes() if client_ca else None,
+            require_client_auth=client_ca is not None,
+        )
 
     def _start_metrics(self) -> None:
         if self.settings.metrics_port < 0:

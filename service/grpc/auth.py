@@ -1,0 +1,145 @@
+"""Bearer-token access: every call but health needs a token; loading and unloading models
+need one with scope `admin`, everything else one with scope `inference` (or `admin`).
+
+Tokens come from `--auth-tokens-file` and `CONVSERVE_AUTH_TOKENS` as TOKEN:SCOPE entries. The
+server keeps only their SHA-256 digests and compares a presented token with every one of
+them in constant time; no token ever reaches a log line, an error message or a metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from service.grpc.boundary import record
+
+__all__ = ["SCOPES", "TokenAuth", "load_tokens", "parse_tokens"]
+
+SCOPES = ("inference", "admin")
+ADMIN_METHODS = frozenset(
+    f"/inference.GRPCInferenceService/RepositoryModel{action}" for action in ("Load", "Unload")
+)
+OPEN_PREFIX = "/grpc.health.v1.Health/"  # probes never need a token
+MIN_TOKEN_LENGTH = 16
+
+Tokens = list[tuple[bytes, str]]  # (SHA-256 of a token, its scope)
+
+if TYPE_CHECKING:  # generic for the type checker only
+    Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Interceptor = grpc.aio.ServerInterceptor
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def parse_tokens(entries: Sequence[str], source: str) -> Tokens:
+    """TOKEN:SCOPE entries → digests and scopes; errors name the entry, never the token."""
+    tokens = []
+    for number, entry in enumerate(entries, 1):
+        token, _, scope = entry.rpartition(":")
+        if scope not in SCOPES or not token:
+            raise ValueError(
+                f"{source}: entry {number} is not TOKEN:SCOPE with scope inference or admin"
+            )
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"{source}: the token of entry {number} is shorter than {MIN_TOKEN_LENGTH} "
+                "characters"
+            )
+        tokens.append((_digest(token), scope))
+    return tokens
+
+
+def load_tokens(settings: Any) -> Tokens:
+    """Every token the settings give: the environment's and the file's (# starts a comment)."""
+    tokens = parse_tokens(settings.auth_tokens.get_secret_value().split(), "auth_tokens")
+    if settings.auth_tokens_file is not None:
+        path = settings.auth_tokens_file
+        lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+        tokens += parse_tokens([line for line in lines if line], str(path))
+    return tokens
+
+
+class TokenAuth(Interceptor):
+    """Refuses a call without a valid token (UNAUTHENTICATED) or outside its token's scope
+    (PERMISSION_DENIED) before any of its messages is read."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        if not tokens:
+            raise ValueError("token authentication needs at least one token")
+        self._tokens = tokens
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(OPEN_PREFIX):
+            return handler
+        refusal = self._refusal(method, details.invocation_metadata or ())
+        if refusal is None:
+            return handler
+        record("", "", method.rsplit("/", 1)[-1], refusal[0].name, 0.0)
+        return _refusing(handler, *refusal)
+
+    def _refusal(
+        self, method: str, metadata: Sequence[tuple[str, Any]]
+    ) -> tuple[grpc.StatusCode, str] | None:
+        values = [value for key, value in metadata if key == "authorization"]
+        scheme, _, token = (values[0] if values and isinstance(values[0], str) else "").partition(
+            " "
+        )
+        if scheme.lower() != "bearer" or not token:
+            return (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this server needs a bearer token: send the metadata 'authorization: Bearer TOKEN'",
+            )
+        scope = self._scope(token.strip())
+        if scope is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid"
+        if method in ADMIN_METHODS and scope != "admin":
+            return (
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method.rsplit('/', 1)[-1]} needs a token with scope admin; "
+                f"this token's scope is {scope}",
+            )
+        return None
+
+    def _scope(self, token: str) -> str | None:
+        """The token's scope; every known digest is compared, in constant time each."""
+        digest, found = _digest(token), None
+        for known, scope in self._tokens:
+            if hmac.compare_digest(known, digest):
+                found = scope
+        return found
+
+
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same kind as `handler` that answers `code` and reads nothing."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(code, message)
+
+    kind = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return kind(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
