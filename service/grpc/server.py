@@ -165,10 +165,12 @@ class Server:
                 log.exception("rescanning %s failed", self.settings.models_dir)
 
     async def _update_health(self) -> None:
-        """SERVING for the server and services when ready; per model while it is loaded."""
+        """SERVING for the server and services when ready; per model while it is loaded, and
+        NOT_SERVING for a model on disk that could not be loaded."""
         await self._set_health(SERVING if self.repository.ready else NOT_SERVING)
         names = set(self.repository.names)
-        for name in self._health_names - names:
+        on_disk = {entry.name for entry in self.repository.index()}
+        for name in (self._health_names | on_disk) - names:
             await self._health.set(name, NOT_SERVING)
         for name in names:
             await self._health.set(name, SERVING)

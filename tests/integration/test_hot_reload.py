@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
 from client import AsyncClient, Client
@@ -130,3 +131,31 @@ def test_unload_and_load_through_v2_and_the_cli(
         assert caught.value.code == grpc.StatusCode.NOT_FOUND
     done = subprocess.run([*cli, "load", "fashion"], capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (0, "loaded fashion")
+
+
+@pytest.mark.parametrize("damage", ["model.keras cut in half", "metadata.json cut in half"])
+def test_a_broken_model_at_start_up_is_reported_and_the_others_serve(
+    models_dir: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from client._pb.inference import grpc_predict_v2_pb2 as v2
+    from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+    from service.settings import Settings
+
+    root = tmp_path / "models"
+    shutil.copytree(models_dir / "fashion" / "1", root / "fashion" / "1")
+    shutil.copytree(models_dir / "layers" / "1", root / "layers" / "1")
+    damaged = root / "layers" / "1" / damage.split()[0]
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, models_dir=root)
+    with serving(settings) as server, Client(server.target) as client:
+        assert client.predict(np.zeros((1, 28, 28), np.uint8), model="fashion").model == "fashion"
+        assert client.health() == "SERVING"  # the server serves what it could load
+        assert client.health("fashion") == "SERVING"
+        assert client.health("layers") == "NOT_SERVING"
+        with grpc.insecure_channel(server.target) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            assert not stub.ModelReady(v2.ModelReadyRequest(name="layers")).ready
+            index = stub.RepositoryIndex(v2.RepositoryIndexRequest())
+    (entry,) = [m for m in index.models if m.name == "layers"]
+    assert entry.state == "UNAVAILABLE" and str(damaged.parent) in entry.reason
+    assert any("layers" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
