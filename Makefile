@@ -9,7 +9,7 @@ MODEL ?= fashion
 APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install system-packages run train test cluster-test lint format clean proto bench readme
+.PHONY: install system-packages run train test cluster-test fuzz lint format clean proto bench readme
 
 install: system-packages $(VENV)/.installed
 
@@ -51,6 +51,10 @@ test: install
 cluster-test: install
 	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(TEST_APT_PACKAGES)"
 	$(BIN)/python -m pytest -s tests/deploy/test_cluster.py
+
+# The fuzz test at full length: 10,000 random and malformed requests over the wire.
+fuzz: install
+	FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -s tests/integration/test_fuzz.py
 
 lint: install
 	$(BIN)/ruff check .

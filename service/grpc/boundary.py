@@ -22,15 +22,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 
 from service import metrics
 from service.batching import DEADLINE
-from service.errors import DeadlineExceeded, ResourceExhausted, ServiceError
+from service.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, ServiceError
 
 __all__ = [
     "ACCESS_LOGGER",
     "REQUEST_ID_KEY",
     "Admission",
+    "Malformed",
+    "add_service",
     "answered_by",
     "failure",
     "record",
@@ -46,6 +50,9 @@ access = logging.getLogger(ACCESS_LOGGER)
 answered_by: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
     "answered_by", default=("", "")
 )
+
+# Longer error messages are cut: gRPC clients refuse trailers over 8-16 KB.
+MAX_MESSAGE = 1000
 
 # The caller's request id (or a new one), sent back in the trailing metadata of every answer.
 REQUEST_ID_KEY = "x-request-id"
@@ -76,6 +83,66 @@ def record(model: str, version: str, method: str, code: str, seconds: float) -> 
     series[1].observe(seconds)
 
 
+class Malformed:
+    """A request whose bytes are not its message: the handler answers INVALID_ARGUMENT.
+
+    gRPC would answer a parse failure with UNKNOWN; parsing leniently keeps that decision here.
+    """
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+    def reject(self) -> InvalidInput:
+        return InvalidInput(self.problem)
+
+
+def _parser(message_type: Any) -> Callable[[bytes], Any]:
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:  # DecodeError: truncated, bad UTF-8, wrong wire types, ...
+            return Malformed(f"the request is not a valid {name} message: {exc}")
+
+    return parse
+
+
+_HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_service(
+    servicer: Any,
+    service: ServiceDescriptor,
+    server: grpc.aio.Server,
+    *,
+    raw_responses: frozenset[str] = frozenset(),
+) -> None:
+    """Register every method of `service` on `server`: requests parsed leniently (`Malformed`),
+    answers serialized, except those of `raw_responses`, which are already wire bytes."""
+    handlers = {}
+    for method in service.methods:
+        response_type = message_factory.GetMessageClass(method.output_type)
+        kind = _HANDLERS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(servicer, method.name),
+            request_deserializer=_parser(message_factory.GetMessageClass(method.input_type)),
+            response_serializer=(
+                bytes if method.name in raw_responses else response_type.SerializeToString
+            ),
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
 class Admission:
     """One server's calls in flight (every `@rpc` method) and the most it takes at once."""
 
@@ -102,7 +169,10 @@ def failure(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
     """The status and message a caller gets for `exc`: a `ServiceError`'s own; for anything
     else INTERNAL and a generic message, the traceback logged as `what` failing."""
     if isinstance(exc, ServiceError):
-        return exc.code, str(exc)
+        message = str(exc)  # it may quote a caller's 20,000-character name: keep the trailer small
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + " ... (message cut)"
+        return exc.code, message
     log.error("%s failed", what, exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
 
@@ -131,6 +201,8 @@ def rpc(handler: Handler) -> Handler:
         admission = self.engine.admission
         inflight.inc()
         try:
+            if type(request) is Malformed:
+                raise request.reject()
             admission.admit(context.time_remaining())
             try:
                 return await handler(self, request, context)

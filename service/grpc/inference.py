@@ -21,7 +21,7 @@ import numpy as np
 from client._pb.inference import grpc_predict_v2_pb2 as v2
 from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.errors import InvalidInput, NotFound, Unavailable
-from service.grpc.boundary import answered_by, failure, record, rpc
+from service.grpc.boundary import Malformed, answered_by, failure, record, rpc
 from service.grpc.engine import Engine
 from service.model import Model
 
@@ -159,7 +159,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         await self._change_repository(self._repository.unload, _model_name(request.model_name))
         return v2.RepositoryModelUnloadResponse()
 
-    async def _infer(self, request: v2.ModelInferRequest) -> v2.ModelInferResponse:
+    async def _infer(self, request: v2.ModelInferRequest | Malformed) -> v2.ModelInferResponse:
+        if isinstance(request, Malformed):  # a stream's message (unary calls: see `rpc`)
+            raise request.reject()
         model = self.engine.model(request.model_name, _version(request.model_version))
         names = [output.name for output in request.outputs] or [model.output_name]
         for name in names:
@@ -192,8 +194,10 @@ def _version(text: str) -> int:
     """ "" → 0 (the latest); "3" → 3."""
     if not text:
         return 0
-    if not text.isdigit():
-        raise InvalidInput(f"model version {text!r} is not a version number; expected e.g. '1'")
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise InvalidInput(
+            f"model version {text[:40]!r} is not a version number; expected e.g. '1'"
+        )
     return int(text)
 
 
@@ -241,7 +245,11 @@ def _input_array(request: v2.ModelInferRequest, model: Model) -> np.ndarray:
     return typed
 
 
-def _stream_error(request: v2.ModelInferRequest, message: str) -> v2.ModelStreamInferResponse:
+def _stream_error(
+    request: v2.ModelInferRequest | Malformed, message: str
+) -> v2.ModelStreamInferResponse:
+    if isinstance(request, Malformed):
+        return v2.ModelStreamInferResponse(error_message=message)
     return v2.ModelStreamInferResponse(
         error_message=message,
         infer_response=v2.ModelInferResponse(

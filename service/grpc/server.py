@@ -16,10 +16,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from client._pb.convserve.v1 import convserve_pb2 as pb
-from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from client._pb.inference import grpc_predict_v2_pb2 as v2
 from service import metrics
 from service.batching import Batcher
 from service.grpc.auth import TokenAuth, load_tokens
+from service.grpc.boundary import add_service
 from service.grpc.engine import Engine
 from service.grpc.inference import SERVICE_NAME as V2_SERVICE_NAME
 from service.grpc.inference import InferenceServicer
@@ -109,8 +110,10 @@ class Server:
             self.settings.max_concurrent_requests,
         )
         add_to_server(ConvServeServicer(engine), server)
-        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(engine, self.change_repository), server
+        add_service(
+            InferenceServicer(engine, self.change_repository),
+            v2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.settings.reflection:

@@ -12,7 +12,7 @@ from client._pb.convserve.v1 import convserve_pb2 as pb
 from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from client.tensors import to_tensor
 from service.errors import InvalidInput
-from service.grpc.boundary import rpc
+from service.grpc.boundary import add_service, rpc
 from service.grpc.engine import Engine
 from service.images import from_images, is_encoded
 from service.model import Model
@@ -89,24 +89,12 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
 
 
 def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server) -> None:
-    """The generated registration, except that Predict's answer is already wire bytes
-    (`PredictEncoder`): its serializer passes them through instead of re-encoding a message.
-    """
-    service = pb.DESCRIPTOR.services_by_name["ConvServe"]
-    handlers = {
-        method.name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
-            request_deserializer=getattr(pb, method.input_type.name).FromString,
-            response_serializer=(
-                bytes
-                if method.name == "Predict"
-                else getattr(pb, method.output_type.name).SerializeToString
-            ),
-        )
-        for method in service.methods
-    }
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    """Predict's answer is already wire bytes (`PredictEncoder`): passed through as they are."""
+    add_service(
+        servicer,
+        pb.DESCRIPTOR.services_by_name["ConvServe"],
+        server,
+        raw_responses=frozenset({"Predict"}),
     )
 
 

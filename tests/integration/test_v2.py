@@ -181,6 +181,22 @@ def test_stream_answers_each_request_in_order_and_survives_errors(
     np.testing.assert_allclose(output(responses[2].infer_response), expected, atol=1e-6)
 
 
+def test_a_malformed_stream_message_gets_its_error_and_the_stream_goes_on(
+    server: Any, test_images: Dataset
+) -> None:
+    good = infer_request(test_images.images[:1], id="good").SerializeToString()
+    with grpc.insecure_channel(server.target) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=v2.ModelStreamInferResponse.FromString,
+        )
+        responses = list(stream(iter([b"\x0a\xff", good])))  # a string field cut short
+    assert responses[0].error_message.startswith(
+        "INVALID_ARGUMENT: the request is not a valid inference.ModelInferRequest message"
+    )
+    assert (responses[1].error_message, responses[1].infer_response.id) == ("", "good")
+
+
 def test_repository_index_lists_the_loaded_versions(
     stub: v2_grpc.GRPCInferenceServiceStub,
 ) -> None:
