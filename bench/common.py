@@ -31,7 +31,11 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             total += int(line.split()[1]) / 1024
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        for child in children:
             total += rss_mb(int(child))
     return total
 

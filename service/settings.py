@@ -50,10 +50,16 @@ class Settings(BaseSettings):
         "with RESOURCE_EXHAUSTED",
     )
     max_queued_requests: int = Field(
-        256,
+        64,
         ge=1,
         description="requests waiting in one model version's batch queue; more are refused at "
         "once with RESOURCE_EXHAUSTED",
+    )
+    max_pending_requests: int = Field(
+        256,
+        ge=2,
+        description="calls received but not yet taken up (overload): past this gRPC itself "
+        "refuses new ones at once, at random past half of it; they end CANCELLED",
     )
     inference_threads: int = Field(
         2,

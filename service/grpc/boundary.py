@@ -216,6 +216,9 @@ def rpc(handler: Handler) -> Handler:
             raise
         except Exception as exc:
             code, message = failure(exc, f"{method} (request id {trailer[0][1]})")
+            remaining = context.time_remaining()
+            if context.cancelled() or (remaining is not None and remaining <= 0):
+                raise asyncio.CancelledError from None  # the caller left or gave up: no answer
             await context.abort(code, message, trailer)
         finally:
             inflight.dec()

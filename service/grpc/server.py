@@ -100,6 +100,11 @@ class Server:
                 # Sharing a port is for --workers only: a second server started by mistake
                 # on a busy port must fail, not silently take half the connections.
                 ("grpc.so_reuseport", int(os.environ.get(WORKER_ENV) == "1")),
+                # Calls gRPC has received but this process has not taken up yet: past the limit
+                # (and, at random, past half of it) gRPC refuses new ones at once, in C, before
+                # they cost any Python; the caller sees CANCELLED (gRPC's code, not ours).
+                ("grpc.server.max_pending_requests", self.settings.max_pending_requests // 2),
+                ("grpc.server.max_pending_requests_hard_limit", self.settings.max_pending_requests),
             ],
         )
         engine = Engine(

@@ -8,10 +8,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from client import AsyncClient
-from client.errors import DeadlineExceeded, ResourceExhausted
+from client.errors import ConvserveError, DeadlineExceeded, ResourceExhausted
 from tests.conftest import serving
 
 # Big enough that one batch runs for tens of milliseconds in the single inference thread.
@@ -65,6 +66,20 @@ def test_past_max_queued_requests_calls_are_refused_at_once(models_dir: Path) ->
         assert "(max_queued_requests)" in str(refused[0])
         assert all(o in refused or not isinstance(o, Exception) for o in outcomes), outcomes
         assert not isinstance(asyncio.run(_outcomes(server.target, (ONE, 30)))[0], Exception)
+
+
+def test_past_max_pending_requests_grpc_refuses_calls_before_python_sees_them(
+    models_dir: Path,
+) -> None:
+    """gRPC's own overload guard: calls it has received but the server has not taken up yet.
+    It answers them CANCELLED (gRPC's choice, not ours), at once and without any Python."""
+    with serving(_settings(models_dir, max_pending_requests=2)) as server:
+        before = _counter(server.metrics_url, "convserve_requests_total")
+        outcomes = asyncio.run(_outcomes(server.target, *[(ONE, 60)] * 300))
+        answered = _counter(server.metrics_url, "convserve_requests_total") - before
+    refused = [o for o in outcomes if isinstance(o, ConvserveError)]
+    assert refused and {o.code for o in refused} == {grpc.StatusCode.CANCELLED}
+    assert answered == 300 - len(refused)  # the refused ones never reached the server's code
 
 
 def test_a_call_whose_deadline_passes_in_the_queue_is_never_computed(models_dir: Path) -> None:
