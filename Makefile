@@ -9,7 +9,7 @@ MODEL ?= fashion
 APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install system-packages run train test cluster-test fuzz lint format clean proto bench readme
+.PHONY: install system-packages run train test cluster-test fuzz soak lint format clean proto bench readme
 
 install: system-packages $(VENV)/.installed
 
@@ -55,6 +55,10 @@ cluster-test: install
 # The fuzz test at full length: 10,000 random and malformed requests over the wire.
 fuzz: install
 	FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -s tests/integration/test_fuzz.py
+
+# 10 minutes of mixed load with bad requests and a hot reload half-way (needs a model).
+soak: install
+	$(BIN)/python bench/soak.py --models-dir $(MODELS_DIR) --model $(MODEL)
 
 lint: install
 	$(BIN)/ruff check .
