@@ -6,7 +6,7 @@ import numpy as np
 
 from client._pb.convserve.v1 import convserve_pb2 as pb
 from client.tensors import TensorError, from_tensor
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ResourceExhausted
 
 __all__ = ["as_pixels", "decode_files", "from_images", "is_encoded"]
 
@@ -85,6 +85,6 @@ def _check_count(count: int, max_images: int) -> None:
     if count == 0:
         raise InvalidInput("the request has no images; expected at least 1")
     if count > max_images:
-        raise InvalidInput(
+        raise ResourceExhausted(
             f"the request has {count} images; this server takes at most {max_images} (max_images)"
         )

@@ -69,7 +69,7 @@ CASES = {
     "negative dimension": (_predict(_raw(U8, [-1, 28, 28])), INVALID, "negative dimension"),
     "too many images": (
         _predict(_raw(U8, [MAX_IMAGES + 1, 784], bytes((MAX_IMAGES + 1) * 784))),
-        INVALID, f"at most {MAX_IMAGES}",
+        grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {MAX_IMAGES} \\(max_images\\)",
     ),
     "nan": (_predict(_tensor(NAN)), INVALID, "image 1 has NaN or infinite"),
     "inf": (_predict(_tensor(np.full((1, 28, 28), np.inf, np.float32))), INVALID, "has NaN"),
