@@ -1,13 +1,14 @@
-"""The one error and metrics boundary: every servicer method is wrapped by `@rpc`.
+"""The one boundary between gRPC and the service: registration and `@rpc`.
 
-It admits the call (or refuses it: too many in flight, deadline passed), maps
-`ServiceError` to its status and anything else to INTERNAL (traceback logged, a
-generic message to the caller), counts each call by model, version, method and code with
-its latency and the calls in flight, and answers with the call's request id (the caller's
-`x-request-id` metadata, or a new one) in the trailing metadata, and logs it to the access
-log (`--access-log`). (A grpc.aio
-ServerInterceptor did the same at 15% of the ceiling's throughput: it wraps every call in
-another handler and coroutine. See bench/.)
+`add_service` registers a servicer with lenient parsing: bytes that are not the request
+message reach the handler as `Malformed` and get INVALID_ARGUMENT (gRPC would say UNKNOWN).
+`@rpc` wraps every unary method: it admits the call (or refuses it: malformed, too many in
+flight, deadline passed), maps `ServiceError` to its status and anything else to INTERNAL
+(traceback logged, a generic message to the caller), counts each call by model, version,
+method and code with its latency and the calls in flight, answers with the call's request id
+(the caller's `x-request-id` metadata, or a new one) in the trailing metadata, and logs it
+to the access log (`--access-log`). (A grpc.aio ServerInterceptor did the same at 15% of
+the ceiling's throughput: it wraps every call in another handler and coroutine.)
 """
 
 from __future__ import annotations
