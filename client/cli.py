@@ -232,6 +232,87 @@ def _add_client_commands(subparsers: Any) -> None:
     health.set_defaults(run=_run_health)
 
 
+def _add_loadtest(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "loadtest",
+        help="closed-loop concurrency or open-loop rate sweeps against a server",
+        description="Closed loop (--concurrency, the default 1,8,32,64) or open loop (--rate), "
+        "a table of throughput and latency percentiles per step; see client/loadtest.py.",
+    )
+    _add_target(parser)
+    sweep = parser.add_mutually_exclusive_group()
+    sweep.add_argument(
+        "--concurrency", type=_counts, help="closed loop: calls in flight, e.g. 1,8,32,64 (default)"
+    )
+    sweep.add_argument(
+        "--rate", type=_rates, help="open loop: calls started per second, e.g. 200,500"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per step (default 10)"
+    )
+    parser.add_argument("--requests", type=int, help="calls per step, instead of --duration")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds before each step is measured"
+    )
+    parser.add_argument(
+        "--distribution",
+        choices=("poisson", "uniform"),
+        default="poisson",
+        help="open loop: gaps between calls (default poisson)",
+    )
+    parser.add_argument(
+        "--api", choices=("v1", "v2"), default="v1", help="convserve.v1 or V2 ModelInfer"
+    )
+    parser.add_argument("--workload", choices=("predict", "featuremap", "mix"), default="predict")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    parser.add_argument("--layer", help="FeatureMap's layer (default: the first conv layer)")
+    parser.add_argument("--processes", type=int, default=1, help="generator processes (default 1)")
+    parser.add_argument("--json", type=Path, help="write the steps as JSON")
+    parser.add_argument("--csv", type=Path, help="write the steps as CSV")
+    parser.add_argument("--plot", type=Path, help="draw latency against throughput (PNG)")
+    parser.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=1.0,
+        help="exit 1 when failed calls / all calls exceed this (e.g. 0.01 in CI)",
+    )
+    parser.add_argument("--model", help="model name (default: the server's default model)")
+    parser.add_argument("--version", type=int, help="model version (default: latest)")
+    parser.add_argument(
+        "--fashion-mnist-test",
+        type=int,
+        default=256,
+        metavar="N",
+        help="send images from the first N of the real test set (default 256)",
+    )
+    parser.add_argument("--data-dir", type=Path, help="Fashion-MNIST IDX files (default: Debian's)")
+    parser.add_argument(
+        "images", nargs="*", type=Path, metavar="IMAGE",
+        help="PNG/JPEG files to send instead (encoded, decoded by the server)",
+    )  # fmt: skip
+    parser.set_defaults(run=_run_loadtest)
+
+
+def _run_loadtest(args: argparse.Namespace) -> int:
+    from client import loadtest
+
+    return loadtest.main(args)
+
+
+def _counts(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,8,32, got {text!r}")
+    return values
+
+
+def _rates(text: str) -> list[float]:
+    values = [float(part) for part in text.split(",") if part]
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive rates like 100,500, got {text!r}")
+    return values
+
+
 def _load_images(args: argparse.Namespace) -> tuple[Any, Any]:
     """(images, labels or None) from IMAGE files or the real test set."""
     if args.fashion_mnist_test:
@@ -352,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_serve(subparsers)
     _add_client_commands(subparsers)
+    _add_loadtest(subparsers)
     return parser
 
 
