@@ -104,6 +104,7 @@ class StepResult:
         values = np.percentile(latencies, list(PERCENTILES.values()))
         latency = {name: round(float(v), 3) for name, v in zip(PERCENTILES, values, strict=True)}
         latency["max"] = round(float(latencies.max()), 3)
+        latency["mean"] = round(float(latencies.mean()), 3)
         entry: dict[str, Any] = (
             {"concurrency": self.step.concurrency}
             if self.step.concurrency is not None
@@ -116,7 +117,8 @@ class StepResult:
             images_per_s=round(self.images / self.seconds, 1),
             latency_ms=latency,
             errors=dict(self.errors),
-            seconds=round(self.seconds, 3),
+            seconds=round(self.seconds, 6),
+            generator_cpu=round(self.cpu_busy, 3),
         )
         return entry
 
@@ -231,12 +233,14 @@ def run_steps(
             for slot in range(processes):
                 progress[slot] = 0
             started = time.monotonic()
+            shares = [step.share(i, processes) for i in range(processes)]
+            busy = [i for i, share in enumerate(shares) if share.concurrency != 0]
+            budgets = [  # --requests split over the processes that have callers
+                _part(plan.requests, busy.index(i), len(busy)) if i in busy else 0
+                for i in range(processes)
+            ]
             pending = pool.starmap_async(
-                _run_share,
-                [
-                    (plan, step.share(i, processes), i, _part(plan.requests, i, processes))
-                    for i in range(processes)
-                ],
+                _run_share, [(plan, shares[i], i, budgets[i]) for i in range(processes)]
             )
             while not pending.ready():
                 pending.wait(0.5)
@@ -350,7 +354,7 @@ def table(results: list[StepResult]) -> str:
 
 
 def write_csv(path: Path, results: list[StepResult]) -> None:
-    names = [*PERCENTILES, "max"]
+    names = [*PERCENTILES, "max", "mean"]
     with path.open("w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["concurrency", "rate", "requests", "ok", "throughput_rps",
