@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/loadtest_check.py --models-dir models [--seconds 10]
 
-1. One call at a time against convserve: h2load's mean latency and loadtest's, same run,
-   `--rounds` times alternating; each tool's best round is kept (noise only slows a run).
+1. One call at a time against convserve, 1 and 64 images per call: h2load's mean latency and
+   loadtest's, same run, `--rounds` times alternating; each tool's best round is kept (noise
+   only slows a run down).
 2. The largest rate loadtest generates here, with --processes 1 and 2: closed loop at
    concurrency 64 against the no-op ceiling server (bench/ceiling.py), so the generator,
    not the server, is the limit.
@@ -44,23 +45,26 @@ def main() -> None:
     args = parser.parse_args()
 
     server, target, _, _ = start_convserve(args.models_dir, args.model)
-    references, runs = [], []
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            case = Case("c1", "uint8", 1, 1, 1)
-            body = _request_file(case, Path(tmp))
-            for _ in range(args.rounds):
-                references.append(h2load(target, case, body, args.seconds, Path(tmp) / "log"))
-                runs.append(loadtest(target, args.seconds, "--concurrency", "1"))
+        for images in (1, 64):
+            references, runs = [], []
+            with tempfile.TemporaryDirectory() as tmp:
+                case = Case("c1", "uint8", images, 1, 1)
+                body = _request_file(case, Path(tmp))
+                for _ in range(args.rounds):
+                    log = Path(tmp) / "log"
+                    references.append(h2load(target, case, body, args.seconds, log))
+                    runs.append(loadtest(target, args.seconds, "--concurrency", "1",
+                                         "--batch", str(images)))  # fmt: skip
+            reference = min(references, key=lambda result: result.mean_ms)
+            ours = min(runs, key=lambda step: float(step["latency_ms"]["mean"]))
+            ratio = ours["latency_ms"]["mean"] / reference.mean_ms
+            print(f"c1, {images} image(s) per call: h2load mean {reference.mean_ms:.3f} ms "
+                  f"({reference.requests_per_s:.0f} req/s); loadtest mean "
+                  f"{ours['latency_ms']['mean']:.3f} ms ({ours['throughput_rps']:.0f} req/s); "
+                  f"ratio {ratio:.2f}")  # fmt: skip
     finally:
         stop(server)
-    reference = min(references, key=lambda result: result.mean_ms)
-    ours = min(runs, key=lambda step: float(step["latency_ms"]["mean"]))
-    ratio = ours["latency_ms"]["mean"] / reference.mean_ms
-    print(f"c1 against convserve: h2load mean {reference.mean_ms:.3f} ms "
-          f"({reference.requests_per_s:.0f} req/s); loadtest mean "
-          f"{ours['latency_ms']['mean']:.3f} ms ({ours['throughput_rps']:.0f} req/s); "
-          f"ratio {ratio:.2f}")  # fmt: skip
 
     ceiling, target = start_ceiling()
     try:
