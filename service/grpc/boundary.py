@@ -220,7 +220,6 @@ def rpc(handler: Handler) -> Handler:
             remaining = context.time_remaining()
             if context.cancelled() or (remaining is not None and remaining <= 0):
                 raise asyncio.CancelledError from None  # the caller left or gave up: no answer
-            await context.abort(code, message, trailer)
         finally:
             inflight.dec()
             model, version = answered_by.get()
@@ -228,5 +227,8 @@ def rpc(handler: Handler) -> Handler:
             record(model, version, method, code.name, seconds)
             if access.isEnabledFor(logging.INFO):
                 _log_access(trailer[0][1], method, model, version, code.name, seconds)
+        # Only a caught failure gets here: answered after it is counted, so a caller that
+        # reads the metrics right after its error finds it there.
+        await context.abort(code, message, trailer)
 
     return boundary  # type: ignore[return-value]
