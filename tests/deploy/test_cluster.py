@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client import Client
 from client.errors import ConvserveError
-from tests.deploy.topology import DEPLOY, Cluster, Replica, http_get, running, wait_until
+from tests.conftest import http_get
+from tests.deploy.topology import DEPLOY, Cluster, Replica, running, wait_until
 
 CALLERS = 8
 

@@ -13,7 +13,8 @@ import numpy as np
 import yaml
 
 from client import Client
-from tests.deploy.topology import DEPLOY, ENVOY, ROOT, http_get
+from tests.conftest import http_get
+from tests.deploy.topology import DEPLOY, ENVOY, ROOT
 
 BIN = Path(sys.executable).parent
 

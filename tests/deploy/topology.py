@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,21 +21,12 @@ from typing import Any
 
 import yaml
 
+from tests.conftest import free_port, http_get
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 ENVOY = Path(sys.executable).with_name("envoy")
 DRAIN_SECONDS = "5"  # as the container image sets it (deploy/Dockerfile)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return str(response.read().decode())
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:

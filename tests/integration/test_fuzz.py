@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from client import Client
 from client._pb.convserve.v1 import convserve_pb2 as pb
 from client._pb.inference import grpc_predict_v2_pb2 as v2
-from tests.deploy.topology import free_port
+from tests.conftest import free_port
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 REFUSED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}

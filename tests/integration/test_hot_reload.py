@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,8 +105,7 @@ def test_a_broken_version_is_rejected_and_the_serving_one_keeps_serving(
         assert client.predict(test_images.images[:2]).version == 1
     entry = next(e for e in repository.index() if e.version == 2)
     assert entry.state == "UNAVAILABLE" and "sha256" in entry.reason and str(broken) in entry.reason
-    with urllib.request.urlopen(server.metrics_url) as page:
-        metrics = page.read().decode()
+    metrics = server.scrape()
     assert 'convserve_model_load_failures_total{model="fashion"} 1.0' in metrics
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from client import AsyncClient
 from client.errors import ConvserveError, DeadlineExceeded, ResourceExhausted
-from tests.conftest import serving
+from tests.conftest import metric, serving
 
 ONE = np.zeros((1, 28, 28), np.uint8)
 
@@ -66,16 +65,6 @@ async def _outcomes(target: str, *calls: tuple[np.ndarray, float]) -> list[Any]:
         )
 
 
-def _counter(url: str, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
-    )
-
-
 def test_past_max_concurrent_requests_calls_are_refused_at_once(
     models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -104,9 +93,9 @@ def test_past_max_pending_requests_grpc_refuses_calls_before_python_sees_them(
     """gRPC's own overload guard: calls it has received but the server has not taken up yet.
     It answers them CANCELLED (gRPC's choice, not ours), at once and without any Python."""
     with serving(_settings(models_dir, max_pending_requests=2)) as server:
-        before = _counter(server.metrics_url, "convserve_requests_total")
+        before = metric(server.scrape(), "convserve_requests_total")
         outcomes = asyncio.run(_outcomes(server.target, *[(ONE, 60)] * 300))
-        answered = _counter(server.metrics_url, "convserve_requests_total") - before
+        answered = metric(server.scrape(), "convserve_requests_total") - before
     refused = [o for o in outcomes if isinstance(o, ConvserveError)]
     assert refused and {o.code for o in refused} == {grpc.StatusCode.CANCELLED}
     assert answered == 300 - len(refused)  # the refused ones never reached the server's code
@@ -120,9 +109,9 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_never_computed(
         # own deadline cancelled the call first.
         dropped = ("convserve_dropped_requests_total", {"model": "fashion"})
         batches = ("convserve_batch_size_count", {"model": "fashion"})
-        before = [_counter(server.metrics_url, n, **labels) for n, labels in (dropped, batches)]
+        before = [metric(server.scrape(), n, **labels) for n, labels in (dropped, batches)]
         first, (hurried,) = _while_busy(server, monkeypatch, 0.05)
-        after = [_counter(server.metrics_url, n, **labels) for n, labels in (dropped, batches)]
+        after = [metric(server.scrape(), n, **labels) for n, labels in (dropped, batches)]
     assert first.model == "fashion" and isinstance(hurried, DeadlineExceeded)
     assert after[0] - before[0] == 1  # dropped from the queue...
     assert after[1] - before[1] == 1  # ...and only the first call's batch ran

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import urllib.request
 from typing import Any
 
 import grpc
@@ -41,17 +40,13 @@ def test_every_answer_carries_the_request_id(server: Any, test_images: Dataset) 
 def test_queue_wait_inference_time_and_inflight_are_exported(
     server: Any, test_images: Dataset
 ) -> None:
-    def page() -> str:
-        with urllib.request.urlopen(server.metrics_url) as response:
-            return str(response.read().decode())
-
-    before = page()
+    before = server.scrape()
     request = predict_request(test_images.images[:3], None, None, 3)
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.ConvServeStub(channel)
         for _ in range(5):
             stub.Predict(request)
-    after = page()
+    after = server.scrape()
     for name in (
         'convserve_queue_wait_seconds_count{model="fashion"}',
         'convserve_inference_seconds_count{model="fashion"}',

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,8 +161,7 @@ def test_tokens_never_reach_logs_or_metrics(
     finally:
         access.setLevel(logging.NOTSET)
     assert any(record.name == "convserve.access" for record in caplog.records)
-    with urllib.request.urlopen(token_server.metrics_url, timeout=10) as response:
-        metrics = response.read().decode()
+    metrics = token_server.scrape()
     assert 'code="UNAUTHENTICATED"' in metrics
     for token in (INFERENCE_TOKEN, ADMIN_TOKEN, "a-wrong-token"):
         assert token not in caplog.text and token not in metrics

@@ -6,10 +6,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 
 from client import Client
 from client.errors import NotFound
+from tests.conftest import free_port, http_get, metric
 
 
 def test_health_is_serving_for_the_server_and_each_model(server) -> None:
@@ -40,50 +39,32 @@ def test_reflection_lists_the_services(server) -> None:
     assert {"convserve.v1.ConvServe", "grpc.health.v1.Health"} <= services
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_metrics_count_requests_by_model_method_and_code(server) -> None:
-    def scrape() -> str:
-        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-            return str(response.read().decode())
-
     labels = {"model": "layers", "version": "1", "method": "Predict"}
-    before = scrape()
+    before = server.scrape()
     with Client(server.target) as client:
         for _ in range(3):
             client.predict(np.zeros((1, 28, 28), np.uint8), model="layers")
         with pytest.raises(NotFound):
             client.predict(np.zeros((1, 28, 28), np.uint8), model="layers", version=9)
-    after = scrape()
-    ok = _metric(after, "convserve_requests_total", code="OK", **labels)
-    assert ok - _metric(before, "convserve_requests_total", code="OK", **labels) == 3
+    after = server.scrape()
+    ok = metric(after, "convserve_requests_total", code="OK", **labels)
+    assert ok - metric(before, "convserve_requests_total", code="OK", **labels) == 3
     not_found = {"method": "Predict", "code": "NOT_FOUND"}
     assert (
-        _metric(after, "convserve_requests_total", **not_found)
-        - _metric(before, "convserve_requests_total", **not_found)
+        metric(after, "convserve_requests_total", **not_found)
+        - metric(before, "convserve_requests_total", **not_found)
         == 1
     )
     count = "convserve_request_duration_seconds_count"
-    assert _metric(after, count, model="layers", method="Predict") >= 3
-    assert _metric(after, "convserve_model_loaded", model="fashion", version="1") == 1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    assert metric(after, count, model="layers", method="Predict") >= 3
+    assert metric(after, "convserve_model_loaded", model="fashion", version="1") == 1
 
 
 @pytest.fixture(scope="module")
 def serve_process(models_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`convserve serve` as its own process, configured by flags and a CONVSERVE_* variable."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CONVSERVE_DEFAULT_MODEL": "fashion"}
     process = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -179,7 +160,7 @@ def test_access_log_and_sigterm(serve_process) -> None:
 
 
 def test_workers_share_the_port_and_stop_together(models_dir: Path) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
          "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--workers", "2",
@@ -200,10 +181,7 @@ def test_workers_share_the_port_and_stop_together(models_dir: Path) -> None:
         answered = []
         for worker in range(2):
             url = f"http://127.0.0.1:{metrics_port + worker}/metrics"
-            with urllib.request.urlopen(url, timeout=10) as page:
-                answered.append(
-                    _metric(page.read().decode(), "convserve_requests_total", method="Predict")
-                )
+            answered.append(metric(http_get(url), "convserve_requests_total", method="Predict"))
         assert sum(answered) == 16 and all(answered), answered
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
