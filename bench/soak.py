@@ -27,19 +27,12 @@ from common import rss_mb, start_convserve, stop
 from hot_reload import publish
 
 from client import AsyncClient
-from client._pb.inference import grpc_predict_v2_pb2 as v2
 from client.errors import ConvserveError
+from client.loadtest import v2_request
 from training.data import load
 
 CALLERS = 8
 KINDS = ("predict 1", "predict 64", "featuremap", "v2 infer", "bad model", "bad shape", "garbage")
-
-
-def _infer_request(images: np.ndarray) -> bytes:
-    tensor = v2.ModelInferRequest.InferInputTensor(name="images", datatype="UINT8",
-                                                   shape=[len(images), 28, 28, 1])  # fmt: skip
-    request = v2.ModelInferRequest(inputs=[tensor], raw_input_contents=[images.tobytes()])
-    return request.SerializeToString()
 
 
 async def soak(
@@ -62,7 +55,7 @@ async def soak(
             elif kind == "featuremap":
                 await client.feature_map(images[start : start + 4])
             elif kind == "v2 infer":
-                await infer(_infer_request(images[start : start + 8]), timeout=30)
+                await infer(v2_request(images[start : start + 8]), timeout=30)
             elif kind == "bad model":
                 await client.predict(images[:1], model="no-such-model")
             elif kind == "bad shape":

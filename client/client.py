@@ -310,6 +310,18 @@ def _credentials(
     )
 
 
+def open_channel(
+    module: Any,
+    target: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> Any:
+    """A `module` (grpc or grpc.aio) channel: TLS with `credentials`, else plaintext."""
+    if credentials is None:
+        return module.insecure_channel(target, options=options)
+    return module.secure_channel(target, credentials, options=options)
+
+
 class _Base:
     _grpc: Any  # the module whose channels this client uses: grpc or grpc.aio
 
@@ -326,12 +338,9 @@ class _Base:
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
     ) -> None:
-        options = _channel_options(max_message_bytes, retries)
         credentials = _credentials(tls, ca_cert, client_cert, client_key)
-        if credentials is None:
-            channel = self._grpc.insecure_channel(target, options=options)
-        else:
-            channel = self._grpc.secure_channel(target, credentials, options=options)
+        options = _channel_options(max_message_bytes, retries)
+        channel = open_channel(self._grpc, target, credentials, options)
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from client.client import _credentials, _feature_map_request, predict_request
+from client.client import _credentials, _feature_map_request, open_channel, predict_request
 
 __all__ = [
     "Plan",
@@ -42,6 +42,7 @@ __all__ = [
     "plot",
     "run_steps",
     "table",
+    "v2_request",
     "write_csv",
 ]
 
@@ -146,9 +147,7 @@ async def _run_async(plan: Plan, step: Step, slot: int, budget: int | None) -> d
     metadata = (("authorization", f"Bearer {plan.token}"),) if plan.token else None
     width = step.concurrency or max(1, int((step.rate or 1) * 0.05))  # expected in flight
     channels = [
-        grpc.aio.secure_channel(plan.target, credentials)
-        if credentials
-        else grpc.aio.insecure_channel(plan.target)
+        open_channel(grpc.aio, plan.target, credentials)
         for _ in range(max(1, math.ceil(width / STREAMS_PER_CHANNEL)))
     ]
     methods = [
@@ -308,7 +307,7 @@ def build_calls(
         if api == "v2":
             if kind != "predict" or not isinstance(batch_images, np.ndarray):
                 raise ValueError("--api v2 sends Predict-like ModelInfer calls of pixels only")
-            calls.append((V2_INFER, _v2_request(batch_images, model, version, input_name), batch))
+            calls.append((V2_INFER, v2_request(batch_images, model, version, input_name), batch))
         elif kind == "predict":
             body = predict_request(batch_images, model, version, 3).SerializeToString()
             calls.append((V1 + "Predict", body, batch))
@@ -318,9 +317,11 @@ def build_calls(
     return tuple(calls)
 
 
-def _v2_request(
-    images: np.ndarray, model: str | None, version: int | None, input_name: str
-) -> bytes:
+def v2_request(
+    images: np.ndarray, model: str | None = None, version: int | None = None,
+    input_name: str = "images",
+) -> bytes:  # fmt: skip
+    """A V2 ModelInferRequest of uint8 pixels [N, H, W] as raw bytes, serialized."""
     from client._pb.inference import grpc_predict_v2_pb2 as v2  # not at import: see client.py
 
     tensor = v2.ModelInferRequest.InferInputTensor(

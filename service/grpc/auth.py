@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.grpc.boundary import record
+from service.grpc.boundary import HANDLERS, record
 
 __all__ = ["SCOPES", "TokenAuth", "load_tokens", "parse_tokens"]
 
@@ -132,12 +132,7 @@ def _refusing(
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(code, message)
 
-    kind = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(handler.request_streaming, handler.response_streaming)]
+    kind = HANDLERS[(handler.request_streaming, handler.response_streaming)]
     return kind(
         refuse,
         request_deserializer=handler.request_deserializer,

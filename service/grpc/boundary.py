@@ -32,6 +32,7 @@ from service.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, Se
 
 __all__ = [
     "ACCESS_LOGGER",
+    "HANDLERS",
     "REQUEST_ID_KEY",
     "Admission",
     "Malformed",
@@ -111,7 +112,8 @@ def _parser(message_type: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-_HANDLERS = {
+# gRPC's handler constructor for each (request streaming, response streaming).
+HANDLERS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
@@ -131,7 +133,7 @@ def add_service(
     handlers = {}
     for method in service.methods:
         response_type = message_factory.GetMessageClass(method.output_type)
-        kind = _HANDLERS[(method.client_streaming, method.server_streaming)]
+        kind = HANDLERS[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = kind(
             getattr(servicer, method.name),
             request_deserializer=_parser(message_factory.GetMessageClass(method.input_type)),
