@@ -209,8 +209,33 @@ def _add_client_commands(subparsers: Any) -> None:
     featuremap.add_argument(
         "--pre-activation", action="store_true", help="show the convolution before the activation"
     )
-    featuremap.add_argument("--png", type=Path, help="write the first image's channels as a grid")
+    featuremap.add_argument("--png", type=Path, help="draw the first image's channels as a grid")
     featuremap.set_defaults(run=_run_featuremap)
+
+    explain = subparsers.add_parser(
+        "explain", help="Grad-CAM heatmaps: where a conv layer sees evidence for a class"
+    )
+    _add_target(explain)
+    _add_images(explain)
+    explain.add_argument("--layer", help="layer name (default: the last conv layer)")
+    explain.add_argument(
+        "--class", dest="class_name", metavar="CLASS",
+        help="class name or index to explain (default: each image's most probable class)",
+    )  # fmt: skip
+    explain.add_argument(
+        "--method", choices=("gradcam", "hirescam"), default="gradcam",
+        help="gradcam (Grad-CAM) or hirescam (HiResCAM: also for Flatten + Dense heads)",
+    )  # fmt: skip
+    explain.add_argument("--png", type=Path, help="draw each image with its heatmap over it")
+    explain.set_defaults(run=_run_explain)
+
+    filters = subparsers.add_parser("filters", help="a conv layer's kernels and biases, drawn")
+    _add_target(filters)
+    filters.add_argument("--model", help="model name (default: the server's default model)")
+    filters.add_argument("--version", type=_positive_int, help="model version (default: latest)")
+    filters.add_argument("--layer", help="conv layer name (default: the first conv layer)")
+    filters.add_argument("--png", type=Path, help="draw the kernels, a column per filter")
+    filters.set_defaults(run=_run_filters)
 
     models = subparsers.add_parser(
         "models",
@@ -371,8 +396,6 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_featuremap(args: argparse.Namespace) -> int:
-    from client._png import feature_grid, write_png
-
     images, _ = _load_images(args)
     with _connect(args) as client:
         result = client.feature_map(
@@ -391,12 +414,82 @@ def _run_featuremap(args: argparse.Namespace) -> int:
         f"mean {values.mean():.4f}"
     )
     if args.png:
-        grid = feature_grid(values[0])
-        write_png(args.png, grid)
-        print(
-            f"wrote {args.png} ({grid.shape[1]}x{grid.shape[0]} pixels, "
-            f"the {values.shape[-1]} channels of image 0)"
+        from client.pictures import feature_map_png
+
+        size = feature_map_png(args.png, values[0], result.layer, kind)
+        _wrote(args.png, size, f"the {values.shape[-1]} channels of image 0")
+    return 0
+
+
+def _wrote(path: Path, size: tuple[int, int], what: str) -> None:
+    print(f"wrote {path} ({size[0]}x{size[1]} pixels, {what})")
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    images, _ = _load_images(args)
+    with _connect(args) as client:
+        class_index = None
+        if args.class_name is not None:
+            class_index = _class_index(args.class_name, client.metadata(args.model, args.version))
+        result = client.explain(
+            images, layer=args.layer, class_index=class_index, method=args.method,
+            model=args.model, version=args.version,
+        )  # fmt: skip
+    print(
+        f"model {result.model} version {result.version}: {args.method} at {result.layer.describe()}"
+    )
+    names = [str(p) for p in args.images] or [f"test[{i}]" for i in range(len(result.classes))]
+    for name, label, heatmap, row in zip(
+        names, result.classes, result.heatmaps, result.probabilities, strict=True
+    ):
+        y, x = divmod(int(heatmap.argmax()), heatmap.shape[1])
+        print(f"{name}: {result.class_names[label]} {row[label]:.3f}, heatmap max "
+              f"{heatmap.max():.4f} at row {y}, column {x}")  # fmt: skip
+    if args.png:
+        from client.pictures import explain_png
+
+        if not isinstance(images, np.ndarray):  # files: draw the grayscale the server saw
+            from PIL import Image  # matplotlib's
+
+            images = np.stack([np.asarray(Image.open(path).convert("L")) for path in args.images])
+        size = explain_png(args.png, images.reshape(result.heatmaps.shape),
+                           result.heatmaps, result.classes, result.probabilities,
+                           result.class_names, result.layer, args.method)  # fmt: skip
+        _wrote(args.png, size, f"{min(len(result.heatmaps), 64)} images with their heatmaps")
+    return 0
+
+
+def _class_index(text: str, info: Any) -> int:
+    if text.isdigit():
+        return int(text)
+    if text not in info.class_names:
+        raise CommandError(
+            f"class {text!r}: expected an index or one of {', '.join(info.class_names)}"
         )
+    return int(info.class_names.index(text))
+
+
+def _run_filters(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    with _connect(args) as client:
+        result = client.filters(args.layer, model=args.model, version=args.version)
+    kernels = result.kernels
+    print(f"model {result.model} version {result.version}: {result.layer.describe()}")
+    print(f"kernels {list(kernels.shape)} (KH, KW, C_in, C_out): min {kernels.min():.4f}, "
+          f"max {kernels.max():.4f}")  # fmt: skip
+    if result.biases is not None:
+        print(f"biases {list(result.biases.shape)}: {np.array2string(result.biases, precision=3)}")
+    if kernels.shape[2] == 1 and kernels.shape[3] <= 16:  # the course's case: print them
+        for f in range(kernels.shape[3]):
+            print(f"filter {f}:\n{np.array2string(kernels[:, :, 0, f], precision=3)}")
+    if args.png:
+        from client.pictures import filters_png
+
+        size = filters_png(args.png, kernels, result.biases, result.layer)
+        _wrote(args.png, size, f"the kernels of {result.layer.name}")
     return 0
 
 

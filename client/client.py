@@ -22,7 +22,9 @@ __all__ = [
     "AsyncClient",
     "ClassScore",
     "Client",
+    "ExplainResult",
     "FeatureMapResult",
+    "FiltersResult",
     "Images",
     "Layer",
     "ModelInfo",
@@ -117,6 +119,31 @@ class FeatureMapResult:
 
     activations: np.ndarray
     pre_activations: np.ndarray | None
+    layer: Layer
+    model: str
+    version: int
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    """heatmaps float32 [N, H, W] (>= 0, unnormalised); classes int [N], the class each
+    explains; probabilities float32 [N, classes]."""
+
+    heatmaps: np.ndarray
+    classes: np.ndarray
+    probabilities: np.ndarray
+    class_names: tuple[str, ...]
+    layer: Layer
+    model: str
+    version: int
+
+
+@dataclass(frozen=True)
+class FiltersResult:
+    """kernels float32 [KH, KW, C_in, C_out]; biases float32 [C_out] or None."""
+
+    kernels: np.ndarray
+    biases: np.ndarray | None
     layer: Layer
     model: str
     version: int
@@ -233,6 +260,43 @@ def _feature_map_result(response: pb.FeatureMapResponse) -> FeatureMapResult:
         pre_activations=from_tensor(response.pre_activations)
         if response.HasField("pre_activations")
         else None,
+        layer=Layer.from_message(response.layer),
+        model=response.model.name,
+        version=response.model.version,
+    )
+
+
+EXPLAIN_METHODS = {"gradcam": pb.EXPLAIN_METHOD_GRAD_CAM, "hirescam": pb.EXPLAIN_METHOD_HIRES_CAM}
+
+
+def _explain_request(
+    images: Images, layer: str | None, class_index: int | None, method: str,
+    model: str | None, version: int | None,
+) -> pb.ExplainRequest:  # fmt: skip
+    if method not in EXPLAIN_METHODS:
+        raise ValueError(f"method {method!r}: expected one of {', '.join(EXPLAIN_METHODS)}")
+    return pb.ExplainRequest(
+        model=_spec(model, version), images=_images_message(images), layer=layer or "",
+        class_index=class_index, method=EXPLAIN_METHODS[method],
+    )  # fmt: skip
+
+
+def _explain_result(response: pb.ExplainResponse) -> ExplainResult:
+    return ExplainResult(
+        heatmaps=from_tensor(response.heatmaps),
+        classes=np.array(response.class_indices),
+        probabilities=from_tensor(response.probabilities),
+        class_names=tuple(response.class_names),
+        layer=Layer.from_message(response.layer),
+        model=response.model.name,
+        version=response.model.version,
+    )
+
+
+def _filters_result(response: pb.FiltersResponse) -> FiltersResult:
+    return FiltersResult(
+        kernels=from_tensor(response.kernels),
+        biases=from_tensor(response.biases) if response.HasField("biases") else None,
         layer=Layer.from_message(response.layer),
         model=response.model.name,
         version=response.model.version,
@@ -392,6 +456,25 @@ class Client(_Base):
         request = _feature_map_request(images, layer, pre_activation, model, version)
         return _feature_map_result(self._call(self._stub.FeatureMap, request, timeout))
 
+    def explain(
+        self, images: Images, *, layer: str | None = None, class_index: int | None = None,
+        method: str = "gradcam", model: str | None = None, version: int | None = None,
+        timeout: float | None = None,
+    ) -> ExplainResult:  # fmt: skip
+        """Heatmaps of where `layer` (default: the last conv layer) sees evidence for
+        `class_index` (default: each image's most probable class). `method` "gradcam"
+        (Grad-CAM) or "hirescam" (HiResCAM, for heads without global average pooling)."""
+        request = _explain_request(images, layer, class_index, method, model, version)
+        return _explain_result(self._call(self._stub.Explain, request, timeout))
+
+    def filters(
+        self, layer: str | None = None, *, model: str | None = None, version: int | None = None,
+        timeout: float | None = None,
+    ) -> FiltersResult:  # fmt: skip
+        """The kernels and biases of conv layer `layer` (default: the first conv layer)."""
+        request = pb.FiltersRequest(model=_spec(model, version), layer=layer or "")
+        return _filters_result(self._call(self._stub.Filters, request, timeout))
+
     def metadata(
         self, model: str | None = None, version: int | None = None, *, timeout: float | None = None
     ) -> ModelInfo:
@@ -448,6 +531,21 @@ class AsyncClient(_Base):
     ) -> FeatureMapResult:  # fmt: skip
         request = _feature_map_request(images, layer, pre_activation, model, version)
         return _feature_map_result(await self._call(self._stub.FeatureMap, request, timeout))
+
+    async def explain(
+        self, images: Images, *, layer: str | None = None, class_index: int | None = None,
+        method: str = "gradcam", model: str | None = None, version: int | None = None,
+        timeout: float | None = None,
+    ) -> ExplainResult:  # fmt: skip
+        request = _explain_request(images, layer, class_index, method, model, version)
+        return _explain_result(await self._call(self._stub.Explain, request, timeout))
+
+    async def filters(
+        self, layer: str | None = None, *, model: str | None = None, version: int | None = None,
+        timeout: float | None = None,
+    ) -> FiltersResult:  # fmt: skip
+        request = pb.FiltersRequest(model=_spec(model, version), layer=layer or "")
+        return _filters_result(await self._call(self._stub.Filters, request, timeout))
 
     async def metadata(
         self, model: str | None = None, version: int | None = None, *, timeout: float | None = None

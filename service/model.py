@@ -63,8 +63,13 @@ class Model:
         self.feature_layers = tuple(
             name for name, layer in self.layers.items() if len(layer["output_shape"]) == 3
         )
-        convs = [name for name in self.feature_layers if self.layers[name]["type"] == "Conv2D"]
-        self.default_layer = convs[0] if convs else (self.feature_layers or ("",))[0]
+        self.conv_layers = tuple(
+            name for name in self.feature_layers if self.layers[name]["type"] == "Conv2D"
+        )
+        # FeatureMap and Filters show the first conv layer, Explain the last (Grad-CAM's choice:
+        # the most semantic features that still have a place in the image).
+        self.default_layer = (self.conv_layers or self.feature_layers or ("",))[0]
+        self.explain_layer = (self.conv_layers or self.feature_layers or ("",))[-1]
         self._keras = keras_model
         self._scale = float(metadata["preprocessing"]["scale"])
         self._offset = float(metadata["preprocessing"]["offset"])
@@ -87,8 +92,8 @@ class Model:
         # Set by the server: Predict calls go through it, coalesced with their neighbours.
         self.batcher: Batcher | None = None
         self.encoder = PredictEncoder(self.name, self.version, self.class_names)
-        self._features: dict[str, _FeatureFunction] = {}
-        self._features_lock = threading.Lock()
+        self._compiled: dict[tuple[str, str], Any] = {}  # ("features" | "explain", layer)
+        self._compiled_lock = threading.Lock()
 
     @classmethod
     def load(cls, path: Path, runtime: str = "auto") -> Model:
@@ -128,6 +133,7 @@ class Model:
             self.predict(pixels)
             if self.default_layer:
                 self.feature_map(pixels, self.default_layer, pre_activation=True)
+                self.explain(pixels, self.explain_layer)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Pixels float32 [N, H, W, C] (0..255) → class probabilities float32 [N, classes]."""
@@ -143,7 +149,7 @@ class Model:
         self, pixels: np.ndarray, layer: str, *, pre_activation: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """A layer's activations [N, H, W, C] and, for Conv2D, the convolution before them."""
-        features = self._feature_function(layer)
+        features: _FeatureFunction = self._function("features", layer)
         if pre_activation and not features.has_pre_activation:
             raise InvalidInput(
                 f"layer {layer!r} is a {self.layers[layer]['type']}: only Conv2D layers have a "
@@ -152,8 +158,44 @@ class Model:
         activations, pre = features.function(pixels)
         return activations.numpy(), pre.numpy() if pre_activation else None
 
+    def explain(
+        self,
+        pixels: np.ndarray,
+        layer: str,
+        class_index: int | None = None,
+        *,
+        hires: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Grad-CAM (or with `hires` HiResCAM) of `layer` for `class_index` (default: each
+        image's most probable class); the methods are described in convserve.proto.
+
+        Returns heatmaps float32 [N, H, W] at the input's resolution (>= 0, unnormalised), the
+        class each explains int32 [N], and the probabilities float32 [N, classes].
+        """
+        if class_index is not None and not 0 <= class_index < len(self.class_names):
+            raise InvalidInput(
+                f"class_index {class_index}: model {self.name!r} has {len(self.class_names)} "
+                f"classes, 0..{len(self.class_names) - 1} ({', '.join(self.class_names)})"
+            )
+        gradcam = self._function("explain", layer)
+        heatmaps, classes, probabilities = gradcam(
+            pixels, -1 if class_index is None else class_index, hires
+        )
+        return heatmaps.numpy(), classes.numpy(), probabilities.numpy()
+
+    def filters(self, layer: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """A conv layer's kernels float32 [KH, KW, C_in, C_out] and biases [C_out] (or None)."""
+        if layer not in self.conv_layers:
+            raise NotFound(
+                f"model {self.name!r} version {self.version} has no conv layer {layer!r}; "
+                f"conv layers: {', '.join(self.conv_layers)}"
+            )
+        conv = self._keras.get_layer(layer)
+        bias = np.asarray(conv.bias, np.float32) if conv.use_bias else None
+        return np.asarray(conv.kernel, np.float32), bias
+
     def check_layer(self, layer: str) -> None:
-        """Raise NotFound unless `layer` is a layer FeatureMap can show."""
+        """Raise NotFound unless `layer` is a layer FeatureMap and Explain can show."""
         if layer not in self.feature_layers:
             what = "has no layer" if layer not in self.layers else "has no 4-D output at layer"
             raise NotFound(
@@ -164,12 +206,51 @@ class Model:
     def _forward(self, pixels: Any) -> Any:
         return self._keras(pixels * self._scale + self._offset, training=False)
 
-    def _feature_function(self, name: str) -> _FeatureFunction:
-        self.check_layer(name)
-        with self._features_lock:
-            if name not in self._features:
-                self._features[name] = self._compile_features(name)
-            return self._features[name]
+    def _function(self, kind: str, layer: str) -> Any:
+        """The compiled `kind` function for `layer`, traced on first use."""
+        self.check_layer(layer)
+        with self._compiled_lock:
+            if (kind, layer) not in self._compiled:
+                compile = self._compile_features if kind == "features" else self._compile_gradcam
+                self._compiled[kind, layer] = compile(layer)
+            return self._compiled[kind, layer]
+
+    def _compile_gradcam(self, name: str) -> Any:
+        import keras
+        import tensorflow as tf
+
+        classifier = self._keras.layers[-1]  # Dense(classes, softmax): its logits are scored
+        both = keras.Model(
+            self._keras.input, [self._keras.get_layer(name).output, classifier.input]
+        )
+        height, width = self.input_shape[:2]
+
+        def gradcam(pixels: Any, class_index: Any, hires: Any) -> tuple[Any, Any, Any]:
+            with tf.GradientTape() as tape:
+                maps, features = both(pixels * self._scale + self._offset, training=False)
+                logits = tf.matmul(features, classifier.kernel)
+                if classifier.use_bias:
+                    logits += classifier.bias
+                predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
+                classes = tf.where(
+                    class_index < 0, predicted, tf.fill(tf.shape(predicted), class_index)
+                )
+                # Each image's score depends on its own maps only: one gradient for the batch.
+                scores = tf.gather(logits, classes, batch_dims=1)
+            gradients = tape.gradient(scores, maps)
+            # Grad-CAM weighs each channel by its mean gradient, HiResCAM each position.
+            mean = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+            weights = tf.where(hires, gradients, mean)
+            cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1, keepdims=True))
+            heatmaps = tf.image.resize(cam, (height, width), method="bilinear")[..., 0]
+            return heatmaps, classes, classifier.activation(logits)
+
+        signature = [
+            *self._signature,
+            tf.TensorSpec([], tf.int32, name="class_index"),
+            tf.TensorSpec([], tf.bool, name="hires"),
+        ]
+        return tf.function(gradcam, input_signature=signature)
 
     def _compile_features(self, name: str) -> _FeatureFunction:
         import keras

@@ -65,22 +65,42 @@ class Engine:
     async def feature_map(
         self, model: Model, layer: str, pixels: np.ndarray, pre_activation: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """`layer`'s activations (and its convolution before them), refused up front when the
-        answer could not fit in one message."""
+        """`layer`'s activations (and its convolution before them)."""
         model.check_layer(layer)
         shape = model.layers[layer]["output_shape"]
-        per_image = math.prod(shape) * 4 * (2 if pre_activation else 1)
-        budget = self._max_message_bytes - 64 * 1024  # room for the rest of the response
-        if len(pixels) * per_image > budget:
-            raise ResourceExhausted(
-                f"the {layer} feature maps {shape} of {len(pixels)} images are "
-                f"{len(pixels) * per_image} bytes, over the {self._max_message_bytes}-byte "
-                f"message limit (max_message_bytes); send at most "
-                f"{max(budget // per_image, 0)} images"
-            )
+        self._check_fits(
+            f"the {layer} feature maps {shape}", pixels, math.prod(shape) * (1 + pre_activation)
+        )
         return await self._run(
             lambda: model.feature_map(pixels, layer, pre_activation=pre_activation)
         )
+
+    async def explain(
+        self,
+        model: Model,
+        layer: str,
+        pixels: np.ndarray,
+        class_index: int | None = None,
+        hires: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Heatmaps [N, H, W], the classes they explain [N], probabilities [N, classes]."""
+        model.check_layer(layer)
+        height, width = model.input_shape[:2]
+        self._check_fits(
+            f"the heatmaps [{height}, {width}]", pixels, height * width + len(model.class_names)
+        )
+        return await self._run(lambda: model.explain(pixels, layer, class_index, hires=hires))
+
+    def _check_fits(self, what: str, pixels: np.ndarray, floats_per_image: int) -> None:
+        """Refuse up front an answer of float32s that could not fit in one message."""
+        per_image = floats_per_image * 4
+        budget = self._max_message_bytes - 64 * 1024  # room for the rest of the response
+        if len(pixels) * per_image > budget:
+            raise ResourceExhausted(
+                f"{what} of {len(pixels)} images are {len(pixels) * per_image} bytes, over the "
+                f"{self._max_message_bytes}-byte message limit (max_message_bytes); send at "
+                f"most {max(budget // per_image, 0)} images"
+            )
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)

@@ -2,9 +2,10 @@
 
 A model has one input (its metadata's input name, UINT8 or FP32 pixels 0..255, shape
 [N, 28, 28], [N, 28, 28, 1] or [N, 784]) sent as `raw_input_contents` or typed `contents`.
-Its outputs: the probabilities (the default), and every layer with a 4-D output by name,
-which returns that layer's feature maps — FeatureMap through V2. Outputs come back as
-little-endian bytes in `raw_output_contents`.
+Its outputs: the probabilities (the default); every layer with a 4-D output by name, which
+returns that layer's feature maps (FeatureMap through V2); and `gradcam` / `hirescam`, the
+heatmaps [N, H, W] of Explain, whose requested output takes the parameters `layer` (string)
+and `class_index` (int64). Outputs come back as little-endian bytes in `raw_output_contents`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
     "UINT8": (np.dtype("<u1"), "uint_contents"),
     "FP32": (np.dtype("<f4"), "fp32_contents"),
 }
+# Explain's heatmaps as outputs: name → HiResCAM rather than Grad-CAM.
+EXPLAIN_OUTPUTS = {"gradcam": False, "hirescam": True}
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -87,6 +90,10 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             inputs=[tensor(name=model.input_name, datatype="FP32", shape=[-1, *model.input_shape])],
             outputs=[
                 tensor(name=model.output_name, datatype="FP32", shape=[-1, len(model.class_names)]),
+                *(
+                    tensor(name=name, datatype="FP32", shape=[-1, *model.input_shape[:2]])
+                    for name in EXPLAIN_OUTPUTS
+                ),
                 *(
                     tensor(
                         name=layer,
@@ -163,25 +170,54 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         if isinstance(request, Malformed):  # a stream's message (unary calls: see `rpc`)
             raise request.reject()
         model = self.engine.model(request.model_name, _version(request.model_version))
-        names = [output.name for output in request.outputs] or [model.output_name]
-        for name in names:
-            if name != model.output_name and name not in model.feature_layers:
+        outputs = list(request.outputs) or [v2.ModelInferRequest.InferRequestedOutputTensor()]
+        names = (model.output_name, *EXPLAIN_OUTPUTS, *model.feature_layers)
+        for output in outputs:
+            if output.name and output.name not in names:
                 raise InvalidInput(
-                    f"model {model.name!r} has no output {name!r}; outputs: "
-                    f"{', '.join((model.output_name, *model.feature_layers))}"
+                    f"model {model.name!r} has no output {output.name!r}; outputs: "
+                    f"{', '.join(names)}"
                 )
+        explains = {
+            o.name: _explain_parameters(o, model) for o in outputs if o.name in EXPLAIN_OUTPUTS
+        }
         pixels = self.engine.pixels(_input_array(request, model), model)
         response = v2.ModelInferResponse(
             model_name=model.name, model_version=str(model.version), id=request.id
         )
-        for name in names:
+        for output in outputs:
+            name = output.name or model.output_name
             if name == model.output_name:
                 array = await self.engine.predict(model, pixels)
+            elif name in EXPLAIN_OUTPUTS:
+                layer, class_index = explains[name]
+                array, _, _ = await self.engine.explain(
+                    model, layer, pixels, class_index, EXPLAIN_OUTPUTS[name]
+                )
             else:
                 array, _ = await self.engine.feature_map(model, name, pixels)
             response.outputs.add(name=name, datatype="FP32", shape=array.shape)
             response.raw_output_contents.append(array.astype("<f4", copy=False).tobytes())
         return response
+
+
+def _explain_parameters(
+    output: v2.ModelInferRequest.InferRequestedOutputTensor, model: Model
+) -> tuple[str, int | None]:
+    """A `gradcam` / `hirescam` output's parameters: (layer, class index or None)."""
+    expected = {"layer": "string_param", "class_index": "int64_param"}
+    for key, value in output.parameters.items():
+        if expected.get(key) != value.WhichOneof("parameter_choice"):
+            raise InvalidInput(
+                f"output {output.name!r}: parameter {key!r} "
+                f"({value.WhichOneof('parameter_choice') or 'empty'}) is not one it takes; "
+                "expected layer (string_param) and class_index (int64_param)"
+            )
+    parameters = output.parameters
+    layer = parameters["layer"].string_param if "layer" in parameters else model.explain_layer
+    model.check_layer(layer)
+    class_index = parameters["class_index"].int64_param if "class_index" in parameters else None
+    return layer, class_index
 
 
 def _model_name(name: str) -> str:

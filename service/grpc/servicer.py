@@ -59,6 +59,45 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         )
 
     @rpc
+    async def Explain(
+        self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ExplainResponse:
+        model = self.engine.model(request.model.name, request.model.version)
+        layer = request.layer or model.explain_layer
+        model.check_layer(layer)
+        if request.method not in pb.ExplainMethod.values():
+            raise InvalidInput(
+                f"method {request.method}: expected one of {', '.join(pb.ExplainMethod.keys())}"
+            )
+        pixels = await self._pixels(request.images, model)
+        class_index = request.class_index if request.HasField("class_index") else None
+        heatmaps, classes, probabilities = await self.engine.explain(
+            model, layer, pixels, class_index, request.method == pb.EXPLAIN_METHOD_HIRES_CAM
+        )
+        return pb.ExplainResponse(
+            model=pb.ModelSpec(name=model.name, version=model.version),
+            layer=layer_message(model.layers[layer]),
+            heatmaps=to_tensor(heatmaps),
+            class_indices=classes.tolist(),
+            probabilities=to_tensor(probabilities),
+            class_names=model.class_names,
+        )
+
+    @rpc
+    async def Filters(
+        self, request: pb.FiltersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.FiltersResponse:
+        model = self.engine.model(request.model.name, request.model.version)
+        layer = request.layer or model.default_layer
+        kernels, biases = model.filters(layer)
+        return pb.FiltersResponse(
+            model=pb.ModelSpec(name=model.name, version=model.version),
+            layer=layer_message(model.layers[layer]),
+            kernels=to_tensor(kernels),
+            biases=to_tensor(biases) if biases is not None else None,
+        )
+
+    @rpc
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelMetadata:

@@ -12,9 +12,16 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_UNSPECIFIED: _ClassVar[DataType]
     DATA_TYPE_UINT8: _ClassVar[DataType]
     DATA_TYPE_FLOAT32: _ClassVar[DataType]
+
+class ExplainMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPLAIN_METHOD_GRAD_CAM: _ClassVar[ExplainMethod]
+    EXPLAIN_METHOD_HIRES_CAM: _ClassVar[ExplainMethod]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_UINT8: DataType
 DATA_TYPE_FLOAT32: DataType
+EXPLAIN_METHOD_GRAD_CAM: ExplainMethod
+EXPLAIN_METHOD_HIRES_CAM: ExplainMethod
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "content")
@@ -137,6 +144,56 @@ class FeatureMapResponse(_message.Message):
     activations: Tensor
     pre_activations: Tensor
     def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., layer: _Optional[_Union[Layer, _Mapping]] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., pre_activations: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("model", "images", "layer", "class_index", "method")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    images: Images
+    layer: str
+    class_index: int
+    method: ExplainMethod
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., layer: _Optional[str] = ..., class_index: _Optional[int] = ..., method: _Optional[_Union[ExplainMethod, str]] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("model", "layer", "heatmaps", "class_indices", "probabilities", "class_names")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEATMAPS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    layer: Layer
+    heatmaps: Tensor
+    class_indices: _containers.RepeatedScalarFieldContainer[int]
+    probabilities: Tensor
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., layer: _Optional[_Union[Layer, _Mapping]] = ..., heatmaps: _Optional[_Union[Tensor, _Mapping]] = ..., class_indices: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FiltersRequest(_message.Message):
+    __slots__ = ("model", "layer")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    layer: str
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., layer: _Optional[str] = ...) -> None: ...
+
+class FiltersResponse(_message.Message):
+    __slots__ = ("model", "layer", "kernels", "biases")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    KERNELS_FIELD_NUMBER: _ClassVar[int]
+    BIASES_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    layer: Layer
+    kernels: Tensor
+    biases: Tensor
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., layer: _Optional[_Union[Layer, _Mapping]] = ..., kernels: _Optional[_Union[Tensor, _Mapping]] = ..., biases: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class GetModelMetadataRequest(_message.Message):
     __slots__ = ("model",)

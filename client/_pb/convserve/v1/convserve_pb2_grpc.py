@@ -46,6 +46,16 @@ class ConvServeStub:
                 request_serializer=convserve_dot_v1_dot_convserve__pb2.FeatureMapRequest.SerializeToString,
                 response_deserializer=convserve_dot_v1_dot_convserve__pb2.FeatureMapResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/convserve.v1.ConvServe/Explain',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.ExplainResponse.FromString,
+                _registered_method=True)
+        self.Filters = channel.unary_unary(
+                '/convserve.v1.ConvServe/Filters',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.FiltersRequest.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.FiltersResponse.FromString,
+                _registered_method=True)
         self.GetModelMetadata = channel.unary_unary(
                 '/convserve.v1.ConvServe/GetModelMetadata',
                 request_serializer=convserve_dot_v1_dot_convserve__pb2.GetModelMetadataRequest.SerializeToString,
@@ -77,6 +87,20 @@ class ConvServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Grad-CAM: where in each image a conv layer's evidence for a class lies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Filters(self, request, context):
+        """A conv layer's kernels and biases: what it slides over its input.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelMetadata(self, request, context):
         """What a model is: classes, input, layers with their shapes, training figures.
         """
@@ -103,6 +127,16 @@ def add_ConvServeServicer_to_server(servicer, server):
                     servicer.FeatureMap,
                     request_deserializer=convserve_dot_v1_dot_convserve__pb2.FeatureMapRequest.FromString,
                     response_serializer=convserve_dot_v1_dot_convserve__pb2.FeatureMapResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.ExplainRequest.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.ExplainResponse.SerializeToString,
+            ),
+            'Filters': grpc.unary_unary_rpc_method_handler(
+                    servicer.Filters,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.FiltersRequest.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.FiltersResponse.SerializeToString,
             ),
             'GetModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelMetadata,
@@ -171,6 +205,60 @@ class ConvServe:
             '/convserve.v1.ConvServe/FeatureMap',
             convserve_dot_v1_dot_convserve__pb2.FeatureMapRequest.SerializeToString,
             convserve_dot_v1_dot_convserve__pb2.FeatureMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convserve.v1.ConvServe/Explain',
+            convserve_dot_v1_dot_convserve__pb2.ExplainRequest.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Filters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convserve.v1.ConvServe/Filters',
+            convserve_dot_v1_dot_convserve__pb2.FiltersRequest.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.FiltersResponse.FromString,
             options,
             channel_credentials,
             insecure,
