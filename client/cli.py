@@ -34,7 +34,12 @@ def _add_train(subparsers: Any) -> None:
             "MODELS_DIR/NAME/VERSION/{model.keras,metadata.json}. Flags override the preset."
         ),
     )
-    parser.add_argument("--preset", default="seed", help="seed (the course's model), small, deep")
+    parser.add_argument(
+        "--preset",
+        default="seed",
+        help="seed (the course's model, the default), small (for tests), deep, or strong "
+        "(the most accurate: ~0.94 in 15 minutes on 2 cores)",
+    )
     parser.add_argument(
         "--config",
         type=Path,
@@ -53,6 +58,20 @@ def _add_train(subparsers: Any) -> None:
     parser.add_argument("--validation-split", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument(
+        "--schedule", choices=["constant", "one_cycle"],
+        help="learning rate: constant, or one_cycle (warm-up for an epoch, cosine decay to 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, help="augment with left-right flips"
+    )
+    parser.add_argument("--shift", type=float, help="augment with shifts up to this fraction")
+    parser.add_argument(
+        "--patience", type=int, help="early stopping: epochs without better validation accuracy"
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, help="time budget for fitting: fewer epochs if they don't fit"
+    )
+    parser.add_argument(
         "--conv",
         action="append",
         metavar="SPEC",
@@ -65,6 +84,10 @@ def _add_train(subparsers: Any) -> None:
     parser.add_argument("--train-limit", type=_positive_int, help="train on the first N images")
     parser.add_argument("--test-limit", type=_positive_int, help="evaluate on the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument(
+        "--no-report", dest="report", action="store_false",
+        help="skip the evaluation report (VERSION/report/: pictures and model card)",
+    )  # fmt: skip
     parser.set_defaults(run=_run_train)
 
 
@@ -97,6 +120,11 @@ def _train_config(args: argparse.Namespace) -> Any:
             "learning_rate",
             "validation_split",
             "seed",
+            "schedule",
+            "flip",
+            "shift",
+            "patience",
+            "max_minutes",
             "train_limit",
             "test_limit",
         )
@@ -121,6 +149,7 @@ def _run_train(args: argparse.Namespace) -> int:
             models_dir=args.models_dir,
             data_dir=args.data_dir,
             verbose=0 if args.quiet else None,
+            report=args.report,
         )
     except (DataError, ConfigError, ExportError) as exc:
         raise CommandError(str(exc)) from exc
@@ -129,6 +158,9 @@ def _run_train(args: argparse.Namespace) -> int:
         f"on {result.test_examples} test images; {len(result.class_names)} classes; "
         f"fit {result.fit_seconds:.1f} s on {result.train_examples} training images"
     )
+    if args.report:
+        print(f"report: {path / 'report'}/ (model_card.md, confusion_matrix.png, "
+              "misclassified.png, learning_curve.png)")  # fmt: skip
     return 0
 
 

@@ -38,7 +38,7 @@ def pyplot() -> Any:
 
 def layer_caption(layer: Layer) -> str:
     """The layer in a few lines; for Conv2D its kernel, strides, dilation and padding and the
-    course's output-size formula with them, e.g. `O = (28 − 3 + 0) / 1 + 1 = 26`."""
+    course's output-size formula with them, e.g. `O = ⌊(28 − 3 + 0) / 1⌋ + 1 = 26`."""
 
     def shape(dims: tuple[int, ...]) -> str:
         return "x".join(map(str, dims))
@@ -54,7 +54,7 @@ def layer_caption(layer: Layer) -> str:
         f"kernel {shape(layer.kernel_size)}, strides {shape(layer.strides)}, "
         f"dilation {shape(layer.dilation_rate)}, padding {layer.padding} "
         f"{list(layer.padding_amount)} (top, bottom, left, right)\n"
-        f"O = (I − K_eff + 2P) / S + 1 = ({size} − {span} + {padding}) / {stride} + 1"
+        f"O = ⌊(I − K_eff + 2P) / S⌋ + 1 = ⌊({size} − {span} + {padding}) / {stride}⌋ + 1"
         f" = {layer.output_shape[0]}"
     )
 

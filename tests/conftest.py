@@ -20,12 +20,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The model with same/valid padding, stride 2, dilation 2 and a pooling layer for FeatureMap.
 LAYERS_SPEC = ("4:3:same", "4:3:valid:2,pool=2", "3:2:valid:1:2:tanh")
+# Convs → global average pooling → softmax: the head Grad-CAM was made for.
+CAM_SPEC = ("6:3:same,pool=2", "8:3:same")
 MAX_IMAGES = 2000
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`fashion` (small preset, 10 classes) and `layers` (three convs), trained once per run."""
+    """`fashion` (small preset, 10 classes), `layers` (three convs) and `cam` (global average
+    pooling head), trained once per run."""
     from training.model import PRESETS, ConvLayer, ModelConfig
     from training.train import train
 
@@ -38,6 +41,14 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         name="layers",
         models_dir=root,
         verbose=0,
+    )
+    cam = ModelConfig(conv=tuple(ConvLayer.parse(spec) for spec in CAM_SPEC), head="global_avg")
+    train(
+        small.replace(model=cam, train_limit=1000, test_limit=200),
+        name="cam",
+        models_dir=root,
+        verbose=0,
+        report=False,
     )
     return root
 

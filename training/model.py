@@ -40,6 +40,7 @@ ACTIVATIONS = frozenset(
     }
 )
 HEADS = ("flatten", "global_avg")
+SCHEDULES = ("constant", "one_cycle")
 
 
 class ConfigError(ValueError):
@@ -121,6 +122,18 @@ class TrainConfig:
     validation_split: float = 0.2
     learning_rate: float = 0.001
     seed: int = 0
+    # "constant", or "one_cycle": warm up linearly over the first epoch to learning_rate,
+    # then decay along a cosine to 0 at the last epoch (or the last the time budget allows).
+    schedule: str = "constant"
+    # Augmentation of the training images in the input pipeline (the exported model has no
+    # augmentation layers): random left-right flips; random shifts up to `shift` of the size.
+    flip: bool = False
+    shift: float = 0.0
+    # Stop when validation accuracy has not improved for this many epochs (0: never), and
+    # keep the best epoch's weights (with a validation split, always).
+    patience: int = 0
+    # A time budget for fitting, minutes (0: none): the epochs are cut to what fits.
+    max_minutes: float = 0.0
     classes: tuple[str, ...] = ()
     train_limit: int | None = None
     test_limit: int | None = None
@@ -141,6 +154,21 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        """Raise ConfigError for fit settings Keras would fail on (or silently misuse)."""
+        _check_positive("training", epochs=self.epochs, batch_size=self.batch_size,
+                        learning_rate=self.learning_rate)  # fmt: skip
+        if not 0 <= self.validation_split < 1:
+            raise ConfigError(f"validation_split must be in [0, 1), got {self.validation_split}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}"
+            )
+        if not 0 <= self.shift < 0.5:
+            raise ConfigError(f"shift must be in [0, 0.5) of the image size, got {self.shift}")
+        if self.patience < 0 or self.max_minutes < 0:
+            raise ConfigError("patience and max_minutes must be >= 0 (0: off)")
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -163,6 +191,27 @@ PRESETS: dict[str, TrainConfig] = {
         ),
         epochs=10,
         batch_size=64,
+    ),
+    # The best this CPU trains in 15 minutes: STRONG_NOTE.
+    "strong": TrainConfig(
+        model=ModelConfig(
+            conv=(
+                ConvLayer(32, 3, padding="same", batch_norm=True, pool_size=2),
+                ConvLayer(64, 3, padding="same", batch_norm=True, pool_size=2),
+                ConvLayer(128, 3, padding="same", batch_norm=True),
+            ),
+            head="global_avg",
+            dropout=0.3,
+        ),
+        epochs=14,
+        batch_size=128,
+        validation_split=0.1,
+        learning_rate=0.003,
+        schedule="one_cycle",
+        flip=True,
+        shift=0.08,
+        patience=4,
+        max_minutes=15,
     ),
 }
 

@@ -22,6 +22,7 @@ import numpy as np
 from training import data
 from training.model import TrainConfig, build_model, infer_shapes
 from training.reference import output_size, same_padding
+from training.report import REPORT_DIR, class_figures, write_report
 
 if TYPE_CHECKING:
     import keras
@@ -64,6 +65,15 @@ class TrainResult:
     train_examples: int
     test_examples: int
     fit_seconds: float
+    epochs_run: int = 0
+    # Why fitting ended before config.epochs ("" if it did not): early stopping, time budget.
+    stopped: str = ""
+    best_epoch: int = 0  # 1-based: the epoch whose weights were kept (0: the last)
+    data_source: str = ""  # the directory the images were read from
+    # The test split and the model's answers on it, for the evaluation report.
+    test_images: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    test_probabilities: np.ndarray | None = None
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:
@@ -74,10 +84,13 @@ def preprocess(images: np.ndarray) -> np.ndarray:
 def fit(
     config: TrainConfig, *, data_dir: str | None = None, verbose: int | None = None
 ) -> TrainResult:
-    """Train on the training split (validation_split held out), then evaluate on the test split.
+    """Train on the training split (its last validation_split held out for validation), then
+    evaluate on the test split.
 
-    The same config (seed included) on the same machine gives the same weights and accuracy.
+    The same config (seed included) on the same machine gives the same weights and accuracy,
+    unless a time budget (max_minutes) cuts the epochs: that depends on the machine's speed.
     """
+    config.check()
     infer_shapes(config.model, len(data.resolve_classes(config.classes)))  # fail before loading
     train_set = data.load(
         "train", data_dir=data_dir, classes=config.classes, limit=config.train_limit
@@ -87,44 +100,91 @@ def fit(
     import keras
     import tensorflow as tf
 
+    from training.plan import Plan
+
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     n_classes = len(train_set.class_names)
     model = build_model(config.model, n_classes)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss="categorical_crossentropy",
+        loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    images, labels = preprocess(train_set.images), train_set.labels.astype(np.int32)
+    held_out = int(len(images) * config.validation_split)
+    fitted = len(images) - held_out
+    validation = (images[fitted:], labels[fitted:]) if held_out else None
+    plan = Plan(config, steps_per_epoch=-(-fitted // config.batch_size), verbose=verbose)
+    callbacks: list[keras.callbacks.Callback] = [plan]
+    if validation is not None:
+        early = keras.callbacks.EarlyStopping(
+            "val_accuracy", patience=config.patience or config.epochs, restore_best_weights=True
+        )
+        callbacks.append(early)
     started = time.perf_counter()
     history = model.fit(
-        preprocess(train_set.images),
-        keras.utils.to_categorical(train_set.labels, n_classes),
-        validation_split=config.validation_split,
+        _pipeline(images[:fitted], labels[:fitted], config),
+        validation_data=validation,
         epochs=config.epochs,
-        batch_size=config.batch_size,
         verbose=verbose,
+        callbacks=callbacks,
+        shuffle=False,  # the pipeline shuffles
     )
     fit_seconds = time.perf_counter() - started
-    test_loss, test_accuracy = model.evaluate(
-        preprocess(test_set.images),
-        keras.utils.to_categorical(test_set.labels, n_classes),
-        batch_size=1024,
-        verbose=0,
-    )
+    epochs_run = len(history.history["loss"])
+    stopped = plan.stopped
+    if validation is not None and early.stopped_epoch:
+        stopped = f"early stopping: no better validation accuracy for {config.patience} epochs"
+    test_images = preprocess(test_set.images)
+    probabilities = model.predict(test_images, batch_size=1024, verbose=0)
+    picked = probabilities[np.arange(len(probabilities)), test_set.labels]
+    test_loss = float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())  # Keras's clipping
+    test_accuracy = float((probabilities.argmax(axis=1) == test_set.labels).mean())
     return TrainResult(
         model=model,
         config=config,
         class_names=train_set.class_names,
-        history={key: [float(v) for v in values] for key, values in history.history.items()},
-        test_loss=float(test_loss),
-        test_accuracy=float(test_accuracy),
+        history={key: [float(v) for v in values] for key, values in history.history.items()}
+        | {"learning_rate": plan.rates},
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
         train_examples=len(train_set),
         test_examples=len(test_set),
         fit_seconds=fit_seconds,
+        epochs_run=epochs_run,
+        stopped=stopped,
+        best_epoch=early.best_epoch + 1 if validation is not None else epochs_run,
+        data_source=str(train_set.source),
+        test_images=test_set.images,
+        test_labels=test_set.labels,
+        test_probabilities=probabilities,
     )
+
+
+def _pipeline(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Any:
+    """Shuffled batches, augmented per batch when the config asks (flips, shifts)."""
+    import keras
+    import tensorflow as tf
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .shuffle(len(images), seed=config.seed)
+        .batch(config.batch_size)
+    )
+    layers = []
+    if config.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=config.seed))
+    if config.shift:
+        layers.append(keras.layers.RandomTranslation(
+            config.shift, config.shift, fill_mode="constant", seed=config.seed
+        ))  # fmt: skip
+    if layers:
+        augment = keras.Sequential(layers)
+        dataset = dataset.map(lambda x, y: (augment(x, training=True), y))
+    return dataset.prefetch(2)
 
 
 def describe_layers(model: keras.Model) -> list[dict[str, Any]]:
@@ -186,7 +246,10 @@ def sha256_file(path: Path) -> str:
 
 
 def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    versions = {
+        "python": platform.python_version(),
+        "machine": f"{os.cpu_count()} CPUs ({platform.machine()}, {platform.system()})",
+    }
     for package in ("tensorflow", "keras", "numpy", "convserve"):
         try:
             versions[package] = importlib_metadata.version(package)
@@ -217,13 +280,26 @@ def build_metadata(
             "config": config.to_dict(),
             "seed": config.seed,
             "train_examples": result.train_examples,
+            "data_source": result.data_source,
             "fit_seconds": round(result.fit_seconds, 3),
+            "epochs_run": result.epochs_run,
+            "stopped": result.stopped,
+            "best_epoch": result.best_epoch,
             "history": result.history,
         },
         "evaluation": {
             "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss,
             "test_examples": result.test_examples,
+            **(
+                class_figures(
+                    result.test_labels,
+                    result.test_probabilities.argmax(axis=1),
+                    result.class_names,
+                )
+                if result.test_labels is not None and result.test_probabilities is not None
+                else {}
+            ),
         },
         "parameters": int(result.model.count_params()),
         "framework": _versions(),
@@ -244,8 +320,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def export(result: TrainResult, models_dir: str | os.PathLike[str], name: str) -> Path:
-    """Write models/<name>/<version>/ (the next integer version) and return its path.
+def export(
+    result: TrainResult, models_dir: str | os.PathLike[str], name: str, *, report: bool = True
+) -> Path:
+    """Write models/<name>/<version>/ (the next integer version) and return its path; with
+    `report`, also the evaluation report in its report/ directory (see training.report).
 
     Everything is written into a hidden temp dir beside it, then renamed into place, so a
     crash never leaves a half-written version and a server never sees one.
@@ -261,6 +340,8 @@ def export(result: TrainResult, models_dir: str | os.PathLike[str], name: str) -
         while True:
             metadata = build_metadata(result, name, version, model_path)
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+            if report:
+                write_report(result, staging / REPORT_DIR, metadata)
             for path in (model_path, staging / METADATA_FILE, staging):
                 _fsync(path)
             target = model_root / str(version)
@@ -298,8 +379,9 @@ def train(
     models_dir: str | os.PathLike[str],
     data_dir: str | None = None,
     verbose: int | None = None,
+    report: bool = True,
 ) -> tuple[Path, TrainResult]:
     """Fit, evaluate and export; returns the new version's directory and the fit's figures."""
     check_name(name)
     result = fit(config, data_dir=data_dir, verbose=verbose)
-    return export(result, models_dir, name), result
+    return export(result, models_dir, name, report=report), result

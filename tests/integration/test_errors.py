@@ -82,7 +82,7 @@ CASES = {
     "negative top_k": (_predict(_tensor(GOOD), top_k=-1), INVALID, "top_k must be >= 0"),
     "unknown model": (
         _predict(_tensor(GOOD), model=_model("shoes")),
-        NOT_FOUND, "model 'shoes' is not loaded; loaded models: fashion, layers",
+        NOT_FOUND, "model 'shoes' is not loaded; loaded models: cam, fashion, layers",
     ),
     "unknown version": (
         _predict(_tensor(GOOD), model=_model("fashion", 7)),

@@ -31,7 +31,8 @@ from tests.conftest import free_port
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 REFUSED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 V1, V2 = "/convserve.v1.ConvServe/", "/inference.GRPCInferenceService/"
-METHODS = [f"{V1}{m}" for m in ("Predict", "FeatureMap", "GetModelMetadata", "ListModels")] + [
+V1_METHODS = ("Predict", "FeatureMap", "Explain", "Filters", "GetModelMetadata", "ListModels")
+METHODS = [f"{V1}{m}" for m in V1_METHODS] + [
     f"{V2}{m}" for m in ("ModelInfer", "ModelMetadata", "ModelReady", "RepositoryModelLoad")
 ]
 
@@ -144,13 +145,22 @@ def _spec(draw: st.DrawFn) -> pb.ModelSpec:
 @st.composite
 def v1_requests(draw: st.DrawFn) -> tuple[str, bytes]:
     images = pb.Images(tensor=draw(tensors())) if draw(st.booleans()) else draw(encoded())
-    if draw(st.booleans()):
-        message: Any = pb.PredictRequest(model=_spec(draw), images=images,
-                                         top_k=draw(st.integers(-5, 100)))  # fmt: skip
-        return f"{V1}Predict", message.SerializeToString()
-    message = pb.FeatureMapRequest(model=_spec(draw), images=images, layer=draw(NAMES),
-                                   include_pre_activation=draw(st.booleans()))  # fmt: skip
-    return f"{V1}FeatureMap", message.SerializeToString()
+    method = draw(st.sampled_from(["Predict", "FeatureMap", "Explain", "Filters"]))
+    message: Any
+    if method == "Predict":
+        message = pb.PredictRequest(model=_spec(draw), images=images,
+                                    top_k=draw(st.integers(-5, 100)))  # fmt: skip
+    elif method == "FeatureMap":
+        message = pb.FeatureMapRequest(model=_spec(draw), images=images, layer=draw(NAMES),
+                                       include_pre_activation=draw(st.booleans()))  # fmt: skip
+    elif method == "Explain":
+        message = pb.ExplainRequest(
+            model=_spec(draw), images=images, layer=draw(NAMES), method=draw(st.integers(-1, 3)),
+            class_index=draw(st.none() | st.integers(-(2**31), 2**31 - 1)),
+        )  # fmt: skip
+    else:
+        message = pb.FiltersRequest(model=_spec(draw), layer=draw(NAMES))
+    return f"{V1}{method}", message.SerializeToString()
 
 
 @st.composite
@@ -167,8 +177,14 @@ def v2_requests(draw: st.DrawFn) -> tuple[str, bytes]:
         entry_contents = request.inputs[0].contents if request.inputs else None
         if entry_contents is not None:
             entry_contents.fp32_contents.extend(draw(st.lists(st.floats(width=32), max_size=50)))
-    for name in draw(st.lists(NAMES, max_size=3)):
-        request.outputs.add(name=name)
+    for name in draw(st.lists(NAMES | st.sampled_from(["gradcam", "hirescam"]), max_size=3)):
+        output = request.outputs.add(name=name)
+        for key in draw(st.lists(st.sampled_from(["layer", "class_index", "x"]), max_size=2)):
+            parameter = output.parameters[key]
+            if draw(st.booleans()):
+                parameter.int64_param = draw(st.integers(-(2**63), 2**63 - 1))
+            else:
+                parameter.string_param = draw(NAMES)
     return f"{V2}ModelInfer", request.SerializeToString()
 
 

@@ -125,7 +125,7 @@ def test_an_inference_token_may_not_load_or_unload(token_server: RunningServer) 
         with pytest.raises(PermissionDenied, match="RepositoryModelUnload needs a token with "
                            "scope admin; this token's scope is inference"):  # fmt: skip
             client.unload_model("layers")
-        assert [m.name for m in client.list_models()] == ["fashion", "layers"]
+        assert [m.name for m in client.list_models()] == ["cam", "fashion", "layers"]
     with Client(token_server.target, token=ADMIN_TOKEN) as admin:
         admin.unload_model("layers")
         assert [m.name for m in admin.list_models()] == ["fashion"]

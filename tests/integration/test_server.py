@@ -122,14 +122,29 @@ def test_cli_against_a_served_process(serve_process, tmp_path: Path) -> None:
     assert by_file.returncode == 0, by_file.stderr
     assert by_file.stdout.count(".png: ") == 2
 
-    png = tmp_path / "conv.png"
-    featuremap = _cli("featuremap", "--target", target, "--model", "layers", "--layer", "conv2d_1",
-                      "--png", str(png), str(files[0]))  # fmt: skip
-    assert featuremap.returncode == 0, featuremap.stderr
-    assert "conv2d_1 Conv2D(4) 28x28x4 → 13x13x4, kernel 3x3, strides 2x2" in featuremap.stdout
-    decoded = tf.io.decode_png(png.read_bytes()).numpy()
-    # 2x2 grid of 13x13 channels scaled 4x, with 2-pixel borders.
-    assert decoded.shape == (2 * (13 * 4 + 2) + 2, 2 * (13 * 4 + 2) + 2, 1)
+    pictures = {
+        "conv.png": ("featuremap", "--model", "layers", "--layer", "conv2d_1", str(files[0])),
+        "explain.png": ("explain", "--model", "cam", "--class", "Trouser", *map(str, files)),
+        "filters.png": ("filters", "--model", "layers", "--layer", "conv2d_1"),
+    }
+    out = {}
+    for name, args in pictures.items():
+        run = _cli(*args, "--target", target, "--png", str(tmp_path / name))
+        assert run.returncode == 0, run.stderr
+        out[name] = run.stdout
+        width, height = map(
+            int, run.stdout.split(f"wrote {tmp_path / name} (")[1].split()[0].split("x")
+        )
+        decoded = tf.io.decode_png((tmp_path / name).read_bytes()).numpy()
+        assert decoded.shape[:2] == (height, width) and width > 200 and height > 150
+        assert decoded.std() > 10  # a picture, not a blank page
+    assert "conv2d_1 Conv2D(4) 28x28x4 → 13x13x4, kernel 3x3, strides 2x2" in out["conv.png"]
+    assert "the 4 channels of image 0" in out["conv.png"]
+    assert (
+        "image0.png: Trouser " in out["explain.png"]
+        and "image1.png: Trouser " in out["explain.png"]
+    )
+    assert "kernels [3, 3, 4, 4] (KH, KW, C_in, C_out)" in out["filters.png"]
 
     missing = _cli("predict", "--target", target, "--model", "shoes", str(files[0]))
     assert missing.returncode == 2 and "NOT_FOUND: model 'shoes' is not loaded" in missing.stderr

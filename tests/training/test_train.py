@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from training import data, train
-from training.model import PRESETS, ConvLayer, ModelConfig
+from training.model import PRESETS, ConfigError, ConvLayer, ModelConfig
 from training.reference import conv2d
 
 # A tiny model on a slice of the data: seconds, not minutes.
@@ -27,7 +27,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, train.Trai
 def test_export_writes_a_versioned_artifact(exported: tuple[Path, train.TrainResult]) -> None:
     path, _ = exported
     assert path.name == "1" and path.parent.name == "fashion"
-    assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.keras"]
+    assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.keras", "report"]
     assert [p.name for p in path.parent.iterdir()] == ["1"]  # no staging dir left behind
 
 
@@ -128,3 +128,77 @@ def test_padding_and_dilation_are_recorded(tmp_path: Path) -> None:
         2,
     ]
     assert layers[1]["dilation_rate"] == [2, 2] and layers[1]["output_shape"] == [24, 24, 2]
+
+
+def test_evaluation_report(exported: tuple[Path, train.TrainResult]) -> None:
+    from PIL import Image
+
+    path, result = exported
+    report = path / "report"
+    sizes = {}
+    for name in ("confusion_matrix.png", "misclassified.png", "learning_curve.png"):
+        with Image.open(report / name) as image:
+            image.verify()  # a whole, valid PNG
+            sizes[name] = image.size
+    assert sizes["confusion_matrix.png"][0] > 300 and sizes["learning_curve.png"][0] > 800
+    evaluation = json.loads((path / "metadata.json").read_text())["evaluation"]
+    confusion = np.array(evaluation["confusion_matrix"])
+    assert confusion.shape == (3, 3) and confusion.sum() == 500
+    assert np.trace(confusion) / 500 == pytest.approx(result.test_accuracy)
+    trousers = evaluation["per_class"][0]
+    assert trousers["class"] == "Trouser" and trousers["support"] == confusion[0].sum()
+    assert trousers["recall"] == pytest.approx(confusion[0, 0] / confusion[0].sum(), abs=1e-4)
+    assert trousers["precision"] == pytest.approx(confusion[0, 0] / confusion[:, 0].sum(), abs=1e-4)
+    card = (report / "model_card.md").read_text()
+    assert f"test accuracy {result.test_accuracy:.4f}" in card
+    assert "| Trouser |" in card and "## Intended use and limits" in card
+
+
+def test_one_cycle_schedule_warms_up_then_decays_to_zero() -> None:
+    config = SMALL.replace(train_limit=1000, test_limit=100, epochs=3, schedule="one_cycle",
+                           learning_rate=0.01)  # fmt: skip
+    result = train.fit(config, verbose=0)
+    first, middle, last = result.history["learning_rate"]
+    assert first == pytest.approx(0.01, rel=1e-3)  # the warm-up's end: the peak
+    assert 0.004 < middle < 0.006  # about half-way down the cosine
+    assert last < 1e-4
+
+
+def test_time_budget_cuts_the_epochs() -> None:
+    config = SMALL.replace(train_limit=1000, test_limit=100, epochs=50, max_minutes=1e-4)
+    result = train.fit(config, verbose=0)
+    assert result.epochs_run == 1
+    assert result.stopped.startswith("time budget: 0.0001 min fit 1 of 50 epochs")
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    # A rate far too high diverges: validation accuracy peaks early, then training stops.
+    config = SMALL.replace(train_limit=1000, test_limit=100, epochs=30, patience=2,
+                           learning_rate=1.0)  # fmt: skip
+    result = train.fit(config, verbose=0)
+    accuracy = result.history["val_accuracy"]
+    assert result.epochs_run == len(accuracy) < 30
+    assert result.stopped.startswith("early stopping")
+    assert result.best_epoch == 1 + int(np.argmax(accuracy))
+
+
+def test_augmented_training_is_reproducible() -> None:
+    config = SMALL.replace(train_limit=600, test_limit=100, flip=True, shift=0.1, seed=5)
+    first, second = train.fit(config, verbose=0), train.fit(config, verbose=0)
+    np.testing.assert_array_equal(first.model.get_weights()[0], second.model.get_weights()[0])
+    plain = train.fit(config.replace(flip=False, shift=0.0), verbose=0)
+    assert not np.array_equal(first.model.get_weights()[0], plain.model.get_weights()[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schedule": "linear"}, "unknown schedule 'linear'; expected one of constant, one_cycle"),
+        ({"shift": 0.6}, r"shift must be in \[0, 0.5\)"),
+        ({"validation_split": 1.0}, r"validation_split must be in \[0, 1\)"),
+        ({"epochs": 0}, "training: epochs must be positive"),
+    ],
+)
+def test_bad_fit_settings_are_refused_before_loading(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        train.fit(SMALL.replace(**change), data_dir="/nonexistent")

@@ -1,0 +1,173 @@
+"""Explain (Grad-CAM, HiResCAM) and Filters over real sockets, checked against the saved model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from client import AsyncClient, Client
+from client._pb.convserve.v1 import convserve_pb2 as pb
+from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from client._pb.inference import grpc_predict_v2_pb2 as v2
+from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from client.errors import InvalidArgument, NotFound
+from training.data import Dataset
+
+
+def _keras(models_dir: Path, name: str) -> Any:
+    import keras
+
+    return keras.models.load_model(models_dir / name / "1" / "model.keras", compile=False)
+
+
+def tape_cam(
+    model: Any, layer: str, images: np.ndarray, classes: np.ndarray, hires: bool = False
+) -> np.ndarray:
+    """Grad-CAM as the Keras example computes it: the softmax taken off, one GradientTape."""
+    import keras
+    import tensorflow as tf
+
+    model.layers[-1].activation = keras.activations.linear
+    grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
+    x = tf.constant(images[..., None] / 255, tf.float32)
+    with tf.GradientTape() as tape:
+        maps, logits = grad_model(x)
+        score = tf.reduce_sum(logits * tf.one_hot(classes, logits.shape[-1]))
+    grads = tape.gradient(score, maps)
+    weights = grads if hires else tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))
+    return tf.image.resize(cam[..., None], images.shape[1:3]).numpy()[..., 0]  # type: ignore[no-any-return]
+
+
+def test_grad_cam_equals_a_direct_gradient_tape(server, models_dir: Path, test_images) -> None:
+    images = test_images.images[:8]
+    with Client(server.target) as client:
+        result = client.explain(images, model="cam")
+        predicted = client.predict(images, model="cam")
+        features = client.feature_map(images, model="cam", layer="conv2d_1").activations
+    assert result.layer.name == "conv2d_1"  # the last conv layer by default
+    assert result.heatmaps.shape == (8, 28, 28) and result.heatmaps.dtype == np.float32
+    assert (result.heatmaps >= 0).all() and (result.heatmaps.max(axis=(1, 2)) > 0).all()
+    np.testing.assert_array_equal(result.classes, predicted.labels)
+    np.testing.assert_allclose(result.probabilities, predicted.probabilities, atol=1e-5)
+    expected = tape_cam(_keras(models_dir, "cam"), "conv2d_1", images, result.classes)
+    np.testing.assert_allclose(result.heatmaps, expected, rtol=1e-4, atol=1e-6)
+
+    # Behind global average pooling, Grad-CAM is CAM: the dense weights of the class over the
+    # channels (Zhou et al. 2016), divided by the H x W positions averaged.
+    import tensorflow as tf
+
+    kernel = _keras(models_dir, "cam").layers[-1].get_weights()[0]  # [channels, classes]
+    cam = np.maximum(np.einsum("nhwk,kn->nhw", features, kernel[:, result.classes]), 0) / 14**2
+    resized = tf.image.resize(cam[..., None], (28, 28)).numpy()[..., 0]
+    np.testing.assert_allclose(result.heatmaps, resized, rtol=1e-4, atol=1e-6)
+
+
+def test_a_chosen_class_layer_and_method(server, models_dir: Path, test_images) -> None:
+    images = test_images.images[:4]
+    with Client(server.target) as client:
+        trousers = client.explain(images, model="fashion", class_index=1, method="hirescam")
+        grad_cam = client.explain(images, model="fashion", class_index=1)
+        first = client.explain(images, model="layers", layer="conv2d", method="hirescam")
+    assert list(trousers.classes) == [1, 1, 1, 1]
+    expected = tape_cam(_keras(models_dir, "fashion"), "conv2d", images, trousers.classes, True)
+    np.testing.assert_allclose(trousers.heatmaps, expected, rtol=1e-4, atol=1e-6)
+    assert trousers.heatmaps.max() > 0
+    expected = tape_cam(_keras(models_dir, "fashion"), "conv2d", images, trousers.classes)
+    np.testing.assert_allclose(grad_cam.heatmaps, expected, rtol=1e-4, atol=1e-6)
+    assert first.layer.name == "conv2d" and first.heatmaps.shape == (4, 28, 28)
+    assert (first.heatmaps >= 0).all()
+
+
+async def test_async_client(server, test_images: Dataset) -> None:
+    async with AsyncClient(server.target) as client:
+        result = await client.explain(test_images.images[:2], model="cam", class_index=3)
+        filters = await client.filters(model="cam")
+    assert list(result.classes) == [3, 3] and result.class_names[3] == "Dress"
+    assert filters.kernels.shape == (3, 3, 1, 6)
+
+
+def test_filters_are_the_saved_kernels_and_biases(server, models_dir: Path) -> None:
+    saved = _keras(models_dir, "layers")
+    with Client(server.target) as client:
+        first = client.filters(model="layers")
+        third = client.filters("conv2d_2", model="layers")
+    kernel, bias = saved.get_layer("conv2d").get_weights()
+    assert first.layer.name == "conv2d" and first.kernels.shape == (3, 3, 1, 4)
+    np.testing.assert_array_equal(first.kernels, kernel)
+    np.testing.assert_array_equal(first.biases, bias)
+    assert third.kernels.shape == (2, 2, 4, 3) and third.layer.dilation_rate == (2, 2)
+    np.testing.assert_array_equal(third.kernels, saved.get_layer("conv2d_2").get_weights()[0])
+
+
+def test_errors_say_what_was_expected(server, test_images: Dataset) -> None:
+    images = test_images.images[:1]
+    with Client(server.target) as client:
+        with pytest.raises(
+            InvalidArgument, match=r"class_index 10: model 'fashion' has 10 classes"
+        ):
+            client.explain(images, class_index=10)
+        with pytest.raises(InvalidArgument, match=r"class_index -1"):
+            client.explain(images, class_index=-1)
+        with pytest.raises(NotFound, match="has no 4-D output at layer 'flatten'"):
+            client.explain(images, model="layers", layer="flatten")
+        with pytest.raises(NotFound, match="no conv layer 'max_pooling2d'; conv layers: conv2d, "):
+            client.filters("max_pooling2d", model="layers")
+        with pytest.raises(ValueError, match="method 'lime'"):
+            client.explain(images, method="lime")
+        assert client.explain(images).heatmaps.shape == (1, 28, 28)  # still serving
+    with grpc.insecure_channel(server.target) as channel:
+        request = pb.ExplainRequest(
+            images=pb.Images(tensor=pb.Tensor(dtype=pb.DATA_TYPE_UINT8, shape=[1, 28, 28],
+                                              content=images.tobytes())),
+            method=7,  # type: ignore[arg-type]
+        )  # fmt: skip
+        with pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.ConvServeStub(channel).Explain(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "method 7: expected one of EXPLAIN_METHOD_GRAD_CAM" in caught.value.details()
+
+
+def _v2_request(images: np.ndarray, *outputs: v2.ModelInferRequest.InferRequestedOutputTensor):
+    tensor = v2.ModelInferRequest.InferInputTensor(name="images", datatype="UINT8",
+                                                   shape=images.shape)  # fmt: skip
+    return v2.ModelInferRequest(model_name="cam", inputs=[tensor], outputs=outputs,
+                                raw_input_contents=[images.tobytes()])  # fmt: skip
+
+
+def test_v2_gradcam_and_hirescam_outputs(server, test_images: Dataset) -> None:
+    images = test_images.images[:3]
+    output = v2.ModelInferRequest.InferRequestedOutputTensor
+    gradcam = output(name="gradcam")
+    hirescam = output(name="hirescam")
+    hirescam.parameters["layer"].string_param = "conv2d"
+    hirescam.parameters["class_index"].int64_param = 2
+    with grpc.insecure_channel(server.target) as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        metadata = stub.ModelMetadata(v2.ModelMetadataRequest(name="cam"))
+        response = stub.ModelInfer(_v2_request(images, gradcam, hirescam))
+        misspelt = output(name="gradcam")
+        misspelt.parameters["class"].int64_param = 2
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(_v2_request(images, misspelt))
+    assert {"gradcam": [-1, 28, 28], "hirescam": [-1, 28, 28]}.items() <= {
+        t.name: list(t.shape) for t in metadata.outputs
+    }.items()
+    with Client(server.target) as client:
+        expected_grad = client.explain(images, model="cam").heatmaps
+        expected_hires = client.explain(
+            images, model="cam", layer="conv2d", class_index=2, method="hirescam"
+        ).heatmaps
+    arrays = [
+        np.frombuffer(raw, "<f4").reshape(tensor.shape)
+        for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    ]
+    assert [t.name for t in response.outputs] == ["gradcam", "hirescam"]
+    np.testing.assert_allclose(arrays[0], expected_grad, atol=1e-6)
+    np.testing.assert_allclose(arrays[1], expected_hires, atol=1e-6)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameter 'class' (int64_param) is not one it takes" in caught.value.details()
