@@ -24,7 +24,7 @@ system-packages:
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,serve,loadtest,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,serve,plots,dev]'
 	# tritonclient, for the V2 interoperability tests, asks for protobuf<7 and ml-dtypes<=0.5.4,
 	# which our stubs and TensorFlow have outgrown; its gRPC client runs on them (the tests
 	# prove it), so it is installed without its pins. Its own dependencies are in [dev].

@@ -372,11 +372,10 @@ def write_csv(path: Path, results: list[StepResult]) -> None:
 
 def plot(path: Path, results: list[StepResult], title: str) -> Any:
     """Latency percentiles against throughput, one line per percentile; returns the figure."""
-    import matplotlib
-    import matplotlib.ticker
+    from client.pictures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    import matplotlib.ticker
 
     summaries = [result.summary() for result in results]
     throughput = [entry["throughput_rps"] for entry in summaries]

@@ -178,8 +178,10 @@ def _pipeline(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> An
     if config.flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=config.seed))
     if config.shift:
+        # Nearest, not bilinear: a fractional shift must not blur what the model learns from.
         layers.append(keras.layers.RandomTranslation(
-            config.shift, config.shift, fill_mode="constant", seed=config.seed
+            config.shift, config.shift, fill_mode="constant", interpolation="nearest",
+            seed=config.seed,
         ))  # fmt: skip
     if layers:
         augment = keras.Sequential(layers)

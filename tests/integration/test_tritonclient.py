@@ -56,6 +56,7 @@ def test_health_and_metadata(triton: dict[str, Any]) -> None:
     ]
     assert {output["name"] for output in metadata["outputs"]} >= {"probabilities", "conv2d_1"}
     assert [(m["name"], m["state"]) for m in triton["index"]["models"]] == [
+        ("cam", "READY"),
         ("fashion", "READY"),
         ("layers", "READY"),
     ]
@@ -68,6 +69,14 @@ def test_infer_gives_the_probabilities_predict_gives(
     with Client(server.target) as client:
         expected = client.predict(test_images.images[:IMAGES]).probabilities
     np.testing.assert_allclose(np.array(triton[f"probabilities_{dtype}"]), expected, atol=1e-6)
+
+
+def test_a_gradcam_output_is_explain(
+    server: Any, triton: dict[str, Any], test_images: Dataset
+) -> None:
+    with Client(server.target) as client:
+        expected = client.explain(test_images.images[:4], model="cam", class_index=1).heatmaps
+    np.testing.assert_allclose(np.array(triton["gradcam"]), expected, atol=1e-6)
 
 
 def test_a_layer_output_is_the_feature_map(

@@ -58,6 +58,10 @@ def main(target: str, count: int) -> None:
     result = client.infer("layers", [images_input(images[:4], "UINT8")], outputs=wanted)
     out["feature_map"] = result.as_numpy("conv2d_1").tolist()
     out["layers_probabilities"] = result.as_numpy("probabilities").tolist()
+    cam = triton.InferRequestedOutput("gradcam")
+    cam._output.parameters["class_index"].int64_param = 1  # tritonclient has no setter for it
+    result = client.infer("cam", [images_input(images[:4], "UINT8")], outputs=[cam])
+    out["gradcam"] = result.as_numpy("gradcam").tolist()
     out["unknown_model"] = error(lambda: client.infer("nope", [images_input(images, "UINT8")]))
     out["bad_datatype"] = error(
         lambda: client.infer("fashion", [images_input(images.astype(np.int32), "INT32")])
