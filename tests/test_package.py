@@ -9,10 +9,11 @@ import sys
 import pytest
 
 PUBLIC = {
-    "training": ["data", "model", "reference", "train"],
+    "training": ["data", "model", "plan", "reference", "report", "train"],
     "service": ["errors", "grpc", "images", "main", "metrics", "model", "repository", "settings"],
     "client": [
-        "AsyncClient", "ClassScore", "Client", "ConvserveError", "FeatureMapResult", "Layer",
+        "AsyncClient", "ClassScore", "Client", "ConvserveError", "ExplainResult",
+        "FeatureMapResult", "FiltersResult", "Layer",
         "ModelInfo", "ModelSummary", "PredictResult",
     ],
 }  # fmt: skip
@@ -22,6 +23,7 @@ MODULES = [
     "service.metrics", "service.model", "service.repository", "service.settings",
     "service.grpc.server", "service.grpc.servicer", "service.grpc.boundary",
     "training.data", "training.model", "training.reference", "training.train",
+    "training.plan", "training.report", "client.pictures",
 ]  # fmt: skip
 
 

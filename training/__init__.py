@@ -5,4 +5,4 @@ import os
 # TensorFlow's C++ start-up chatter (CPU features, missing CUDA) hides the training output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__all__ = ["data", "model", "reference", "train"]
+__all__ = ["data", "model", "plan", "reference", "report", "train"]

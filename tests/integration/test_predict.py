@@ -118,6 +118,7 @@ def test_metadata_and_list_models(server) -> None:
         (28, 28, 4),
     )
     assert [(m.name, m.versions, m.is_default) for m in models] == [
+        ("cam", (1,), False),
         ("fashion", (1,), True),
         ("layers", (1,), False),
     ]

@@ -202,6 +202,7 @@ def test_repository_index_lists_the_loaded_versions(
 ) -> None:
     index = stub.RepositoryIndex(v2.RepositoryIndexRequest(ready=True))
     assert [(m.name, m.version, m.state) for m in index.models] == [
+        ("cam", "1", "READY"),
         ("fashion", "1", "READY"),
         ("layers", "1", "READY"),
     ]
