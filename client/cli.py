@@ -209,9 +209,13 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-key", type=Path, help="PEM key of --client-cert")
 
 
-def _add_images(parser: argparse.ArgumentParser) -> None:
+def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: the server's default model)")
     parser.add_argument("--version", type=_positive_int, help="model version (default: latest)")
+
+
+def _add_images(parser: argparse.ArgumentParser) -> None:
+    _add_model(parser)
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="PNG or JPEG files")
     parser.add_argument(
         "--fashion-mnist-test",
@@ -263,8 +267,7 @@ def _add_client_commands(subparsers: Any) -> None:
 
     filters = subparsers.add_parser("filters", help="a conv layer's kernels and biases, drawn")
     _add_target(filters)
-    filters.add_argument("--model", help="model name (default: the server's default model)")
-    filters.add_argument("--version", type=_positive_int, help="model version (default: latest)")
+    _add_model(filters)
     filters.add_argument("--layer", help="conv layer name (default: the first conv layer)")
     filters.add_argument("--png", type=Path, help="draw the kernels, a column per filter")
     filters.set_defaults(run=_run_filters)
@@ -480,7 +483,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         print(f"{name}: {result.class_names[label]} {row[label]:.3f}, heatmap max "
               f"{heatmap.max():.4f} at row {y}, column {x}")  # fmt: skip
     if args.png:
-        from client.pictures import explain_png
+        from client.pictures import MAX_TILES, explain_png
 
         if not isinstance(images, np.ndarray):  # files: draw the grayscale the server saw
             from PIL import Image  # matplotlib's
@@ -489,7 +492,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         size = explain_png(args.png, images.reshape(result.heatmaps.shape),
                            result.heatmaps, result.classes, result.probabilities,
                            result.class_names, result.layer, args.method)  # fmt: skip
-        _wrote(args.png, size, f"{min(len(result.heatmaps), 64)} images with their heatmaps")
+        _wrote(args.png, size, f"{min(len(result.heatmaps), MAX_TILES)} images with their heatmaps")
     return 0
 
 

@@ -18,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     from client.client import Layer
 
-__all__ = ["explain_png", "feature_map_png", "filters_png", "layer_caption", "pyplot"]
+__all__ = ["MAX_TILES", "explain_png", "feature_map_png", "filters_png", "layer_caption", "pyplot"]
 
 # At most this many tiles per picture: beyond it they get too small to see.
 MAX_TILES = 64

@@ -16,8 +16,8 @@ __all__ = ["Plan"]
 class Plan(keras.callbacks.Callback):  # type: ignore[misc]
     """Sets the learning rate before every batch and ends the fit when its epochs are done.
 
-    With a budget (max_minutes), the first epoch's duration decides how many epochs fit; the
-    one-cycle schedule is planned over those, so the model still ends on a small rate.
+    With a budget (max_minutes), the pace so far decides how many epochs fit; the one-cycle
+    schedule is planned over those, so the model still ends on a small rate.
     """
 
     def __init__(self, config: TrainConfig, steps_per_epoch: int, verbose: int) -> None:
@@ -47,24 +47,21 @@ class Plan(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self.rates.append(float(self.model.optimizer.learning_rate))
-        elapsed = time.perf_counter() - self._started
+        done, elapsed = epoch + 1, time.perf_counter() - self._started
         budget = self.config.max_minutes * 60
-        done = epoch + 1
-        if budget and done == 1 and int(budget // elapsed) < self.epochs:
-            self.epochs = max(1, int(budget // elapsed))
+        # Re-planned after every epoch, at the mean pace so far (this machine's speed varies):
+        # the plan only shrinks, so the rate only goes down.
+        fits = max(done, int(budget // (elapsed / done))) if budget else self.epochs
+        if fits < self.epochs:
+            self.epochs = fits
             self.stopped = (
-                f"time budget: {self.config.max_minutes:g} min fit {self.epochs} of "
-                f"{self.config.epochs} epochs ({elapsed:.0f} s each)"
+                f"time budget: {self.config.max_minutes:g} min fit {fits} of "
+                f"{self.config.epochs} epochs ({elapsed / done:.0f} s each)"
             )
-            self._say(self.stopped)
-        elif budget and done < self.epochs and elapsed / done * (done + 1) > budget:
-            self.epochs = done  # the machine got slower than the first epoch promised
-            self.stopped = f"time budget: {self.config.max_minutes:g} min ran out"
             self._say(self.stopped)
         if done >= self.epochs:
             self.model.stop_training = True
-        if self.verbose:
-            self._say(f"epoch {done}/{self.epochs}: {elapsed / 60:.1f} min so far")
+        self._say(f"epoch {done}/{self.epochs}: {elapsed / 60:.1f} min so far")
 
     def _say(self, message: str) -> None:
         if self.verbose:
