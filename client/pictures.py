@@ -137,25 +137,31 @@ def explain_png(
 def filters_png(
     path: Path | str, kernels: np.ndarray, biases: np.ndarray | None, layer: Layer
 ) -> tuple[int, int]:
-    """A conv layer's kernels [KH, KW, C_in, C_out]: a row per input channel, a column per
-    filter, on one diverging scale centred on 0 (red positive, blue negative)."""
+    """A conv layer's kernels [KH, KW, C_in, C_out] on one diverging scale centred on 0 (red
+    positive, blue negative). One input channel: a grid of the filters. More: a row per input
+    channel (at most 8), a column per filter (at most 16)."""
     plt = pyplot()
-    in_channels = min(kernels.shape[2], max(1, MAX_TILES // kernels.shape[3]), 8)
-    filters = min(kernels.shape[3], MAX_TILES)
+    single = kernels.shape[2] == 1
+    in_channels = min(kernels.shape[2], 8)
+    filters = min(kernels.shape[3], MAX_TILES if single else 16)
     shown = kernels[:, :, :in_channels, :filters]
     limit = float(np.abs(shown).max()) or 1.0
-    figure, axes = _figure(plt, in_channels, filters, 0.9, 0.9)
+    rows, columns = _grid(filters) if single else (in_channels, filters)
+    figure, axes = _figure(plt, rows, columns, 0.9, 0.9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
     for c in range(in_channels):
         for f in range(filters):
-            ax = axes[c, f]
+            ax = axes.flat[f] if single else axes[c, f]
+            ax.set_frame_on(True)
             image = ax.imshow(shown[:, :, c, f], cmap="RdBu_r", vmin=-limit, vmax=limit)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
+            if single or c == 0:
                 bias = f"\nb {biases[f]:+.2f}" if biases is not None else ""
-                ax.set_title(f"{f}{bias}", fontsize=6)
-            if f == 0:
-                ax.set_ylabel(f"in {c}", fontsize=6)
+                ax.set_title(f"filter {f}{bias}", fontsize=6)
+            if not single and f == 0:
+                ax.set_ylabel(f"input {c}", fontsize=6)
     figure.colorbar(image, ax=axes, shrink=0.6)
     what = f"kernels {list(kernels.shape)} (KH, KW, C_in, C_out)"
     if shown.shape != kernels.shape:
