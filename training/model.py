@@ -129,8 +129,9 @@ class TrainConfig:
     # augmentation layers): random left-right flips; random shifts up to `shift` of the size.
     flip: bool = False
     shift: float = 0.0
-    # Stop when validation accuracy has not improved for this many epochs (0: never), and
-    # keep the best epoch's weights (with a validation split, always).
+    # Stop when validation accuracy has not improved for this many epochs (0: never; under
+    # one_cycle only in the second half of the epochs), and keep the best epoch's weights
+    # (with a validation split, always).
     patience: int = 0
     # A time budget for fitting, minutes (0: none): the epochs are cut to what fits.
     max_minutes: float = 0.0

@@ -202,3 +202,11 @@ def test_augmented_training_is_reproducible() -> None:
 def test_bad_fit_settings_are_refused_before_loading(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         train.fit(SMALL.replace(**change), data_dir="/nonexistent")
+
+
+def test_early_stopping_waits_for_the_one_cycle_rate_to_come_down() -> None:
+    # The same diverging rate under one_cycle: nothing counts before epoch 4 of 8.
+    config = SMALL.replace(train_limit=1000, test_limit=100, epochs=8, patience=1,
+                           learning_rate=1.0, schedule="one_cycle")  # fmt: skip
+    result = train.fit(config, verbose=0)
+    assert result.epochs_run >= 5 and result.best_epoch >= 5
