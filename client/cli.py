@@ -390,6 +390,11 @@ def _load_images(args: argparse.Namespace) -> tuple[Any, Any]:
     return [path.read_bytes() for path in args.images], None
 
 
+def _image_names(args: argparse.Namespace, count: int) -> list[str]:
+    """The files' paths, or `test[i]` for images of the test set."""
+    return [str(path) for path in args.images] or [f"test[{i}]" for i in range(count)]
+
+
 def _connect(args: argparse.Namespace) -> Any:
     from client.client import Client
 
@@ -408,7 +413,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     images, labels = _load_images(args)
-    names = [str(p) for p in args.images] or [f"test[{i}]" for i in range(len(images))]
+    names = _image_names(args, len(images))
     predicted = []
     with _connect(args) as client:
         for start in range(0, len(images), args.batch_size):
@@ -475,7 +480,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     print(
         f"model {result.model} version {result.version}: {args.method} at {result.layer.describe()}"
     )
-    names = [str(p) for p in args.images] or [f"test[{i}]" for i in range(len(result.classes))]
+    names = _image_names(args, len(result.classes))
     for name, label, heatmap, row in zip(
         names, result.classes, result.heatmaps, result.probabilities, strict=True
     ):

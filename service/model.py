@@ -211,8 +211,8 @@ class Model:
         self.check_layer(layer)
         with self._compiled_lock:
             if (kind, layer) not in self._compiled:
-                compile = self._compile_features if kind == "features" else self._compile_gradcam
-                self._compiled[kind, layer] = compile(layer)
+                build = self._compile_features if kind == "features" else self._compile_gradcam
+                self._compiled[kind, layer] = build(layer)
             return self._compiled[kind, layer]
 
     def _compile_gradcam(self, name: str) -> Any:

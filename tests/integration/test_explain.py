@@ -15,6 +15,8 @@ from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from client._pb.inference import grpc_predict_v2_pb2 as v2
 from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from client.errors import InvalidArgument, NotFound
+from tests.integration.test_v2 import infer_request
+from tests.integration.test_v2 import output as output_array
 from training.data import Dataset
 
 
@@ -132,11 +134,10 @@ def test_errors_say_what_was_expected(server, test_images: Dataset) -> None:
     assert "method 7: expected one of EXPLAIN_METHOD_GRAD_CAM" in caught.value.details()
 
 
-def _v2_request(images: np.ndarray, *outputs: v2.ModelInferRequest.InferRequestedOutputTensor):
-    tensor = v2.ModelInferRequest.InferInputTensor(name="images", datatype="UINT8",
-                                                   shape=images.shape)  # fmt: skip
-    return v2.ModelInferRequest(model_name="cam", inputs=[tensor], outputs=outputs,
-                                raw_input_contents=[images.tobytes()])  # fmt: skip
+def _cam_request(images: np.ndarray, *outputs: Any) -> v2.ModelInferRequest:
+    request = infer_request(images, outputs=outputs)
+    request.model_name = "cam"
+    return request
 
 
 def test_v2_gradcam_and_hirescam_outputs(server, test_images: Dataset) -> None:
@@ -149,11 +150,11 @@ def test_v2_gradcam_and_hirescam_outputs(server, test_images: Dataset) -> None:
     with grpc.insecure_channel(server.target) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
         metadata = stub.ModelMetadata(v2.ModelMetadataRequest(name="cam"))
-        response = stub.ModelInfer(_v2_request(images, gradcam, hirescam))
+        response = stub.ModelInfer(_cam_request(images, gradcam, hirescam))
         misspelt = output(name="gradcam")
         misspelt.parameters["class"].int64_param = 2
         with pytest.raises(grpc.RpcError) as caught:
-            stub.ModelInfer(_v2_request(images, misspelt))
+            stub.ModelInfer(_cam_request(images, misspelt))
     assert {"gradcam": [-1, 28, 28], "hirescam": [-1, 28, 28]}.items() <= {
         t.name: list(t.shape) for t in metadata.outputs
     }.items()
@@ -162,10 +163,7 @@ def test_v2_gradcam_and_hirescam_outputs(server, test_images: Dataset) -> None:
         expected_hires = client.explain(
             images, model="cam", layer="conv2d", class_index=2, method="hirescam"
         ).heatmaps
-    arrays = [
-        np.frombuffer(raw, "<f4").reshape(tensor.shape)
-        for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True)
-    ]
+    arrays = [output_array(response, index) for index in range(len(response.outputs))]
     assert [t.name for t in response.outputs] == ["gradcam", "hirescam"]
     np.testing.assert_allclose(arrays[0], expected_grad, atol=1e-6)
     np.testing.assert_allclose(arrays[1], expected_hires, atol=1e-6)
