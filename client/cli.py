@@ -38,7 +38,7 @@ def _add_train(subparsers: Any) -> None:
         "--preset",
         default="seed",
         help="seed (the course's model, the default), small (for tests), deep, or strong "
-        "(the most accurate: ~0.94 in 15 minutes on 2 cores)",
+        "(the most accurate: ~0.93 in 15 minutes on 2 cores)",
     )
     parser.add_argument(
         "--config",
