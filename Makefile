@@ -79,15 +79,15 @@ readme: install
 	p.write_text(re.sub(r"\| flag \| environment .*?\n(?=\n)", lambda m: t() + "\n", s, flags=re.S))'
 
 # Regenerate the committed gRPC stubs; tests/test_proto.py fails when they drift.
-PB_DIR ?= client/_pb
+PB_DIR ?= convserve/api/pb
 PROTOS := $(shell find proto -name '*.proto' | sort)
 proto: install
 	rm -rf $(PB_DIR) && mkdir -p $(PB_DIR)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(PB_DIR) --pyi_out=$(PB_DIR) \
 		--grpc_python_out=$(PB_DIR) $(PROTOS)
-	# protoc writes absolute imports of the proto package; the stubs live under client._pb.
+	# protoc writes absolute imports of the proto package; the stubs live under convserve.api.pb.
 	find $(PB_DIR) -name '*.py*' -exec sed -i -E \
-		's/^from (convserve\.v1|inference) import/from client._pb.\1 import/' {} +
+		's/^from (convserve\.v1|inference) import/from convserve.api.pb.\1 import/' {} +
 	find $(PB_DIR) -type d -exec touch {}/__init__.py \;
 
 # Performance against the no-op gRPC ceiling (numbers, not tests); needs h2load and a model.

@@ -14,8 +14,8 @@ import asyncio
 import grpc
 import numpy as np
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client.tensors import to_tensor
+from convserve.api.codec import to_tensor
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 
 SERVICE = "convserve.v1.ConvServe"
 

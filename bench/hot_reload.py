@@ -23,7 +23,7 @@ from common import start_convserve, stop
 
 from client import AsyncClient
 from client.errors import ConvserveError
-from training.data import load
+from convserve.fashion_mnist import load
 
 
 def publish(source: Path, target: Path, version: int) -> None:

@@ -28,7 +28,7 @@ def loadtest(target: str, seconds: float, *args: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
         subprocess.run(
-            [sys.executable, "-m", "client.cli", "loadtest", "--target", target,
+            [sys.executable, "-m", "convserve", "loadtest", "--target", target,
              "--duration", str(seconds), "--warmup", "2", "--json", str(out), *args],
             check=True, capture_output=True,
         )  # fmt: skip

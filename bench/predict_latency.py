@@ -13,7 +13,7 @@ import numpy as np
 from common import rss_mb, start_convserve, stop
 
 from client import Client
-from training.data import load
+from convserve.fashion_mnist import load
 
 
 def main() -> None:

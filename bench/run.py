@@ -27,7 +27,7 @@ import numpy as np
 from common import grpc_frame, rss_mb, start_ceiling, start_convserve, stop
 
 from client.client import predict_request
-from training.data import load
+from convserve.fashion_mnist import load
 
 PATH = "/convserve.v1.ConvServe/Predict"
 

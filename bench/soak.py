@@ -29,7 +29,7 @@ from hot_reload import publish
 from client import AsyncClient
 from client.errors import ConvserveError
 from client.loadtest import v2_request
-from training.data import load
+from convserve.fashion_mnist import load
 
 CALLERS = 8
 KINDS = ("predict 1", "predict 64", "featuremap", "v2 infer", "bad model", "bad shape", "garbage")

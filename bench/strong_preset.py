@@ -28,7 +28,7 @@ def main() -> int:
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         started = time.perf_counter()
-        command = [sys.executable, "-m", "client.cli", "train", "--preset", "strong",
+        command = [sys.executable, "-m", "convserve", "train", "--preset", "strong",
                    "--seed", str(seed), "--name", args.name, "--models-dir", str(args.models_dir),
                    *args.train_args]  # fmt: skip
         printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout

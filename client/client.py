@@ -13,10 +13,11 @@ import grpc
 import grpc.aio
 import numpy as np
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from client.errors import from_rpc_error
-from client.tensors import from_tensor, to_tensor
+from convserve.api.codec import from_layer_message, from_tensor, to_tensor
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from convserve.artifact import Layer
 
 __all__ = [
     "AsyncClient",
@@ -30,6 +31,11 @@ __all__ = [
     "ModelInfo",
     "ModelSummary",
     "PredictResult",
+    "channel_credentials",
+    "feature_map_request",
+    "open_channel",
+    "predict_request",
+    "read_pem",
 ]
 
 # A batch of pixels 0..255 ([N, 28, 28], [N, 28, 28, 1] or [N, 784]; uint8, float or int),
@@ -65,52 +71,6 @@ class PredictResult:
     @property
     def label_names(self) -> list[str]:
         return [self.class_names[label] for label in self.labels]
-
-
-@dataclass(frozen=True)
-class Layer:
-    """A model layer; the convolution fields are set for Conv2D layers only."""
-
-    name: str
-    type: str
-    input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
-    parameters: int
-    filters: int = 0
-    kernel_size: tuple[int, ...] = ()
-    strides: tuple[int, ...] = ()
-    padding: str = ""
-    padding_amount: tuple[int, ...] = ()  # top, bottom, left, right
-    dilation_rate: tuple[int, ...] = ()
-    activation: str = ""
-
-    @classmethod
-    def from_message(cls, layer: pb.Layer) -> Layer:
-        return cls(
-            name=layer.name, type=layer.type, input_shape=tuple(layer.input_shape),
-            output_shape=tuple(layer.output_shape), parameters=layer.parameters,
-            filters=layer.filters, kernel_size=tuple(layer.kernel_size),
-            strides=tuple(layer.strides),
-            padding=layer.padding, padding_amount=tuple(layer.padding_amount),
-            dilation_rate=tuple(layer.dilation_rate), activation=layer.activation,
-        )  # fmt: skip
-
-    def describe(self) -> str:
-        """One line, e.g. `conv2d Conv2D 28x28x1 → 26x26x10, kernel 3x3, strides 1x1, ...`."""
-        shapes = f"{'x'.join(map(str, self.input_shape))} → {'x'.join(map(str, self.output_shape))}"
-        if self.type != "Conv2D":
-            return f"{self.name} {self.type} {shapes}"
-        pairs = {
-            "kernel": self.kernel_size,
-            "strides": self.strides,
-            "dilation": self.dilation_rate,
-        }
-        parts = [f"{key} {'x'.join(map(str, value))}" for key, value in pairs.items()]
-        return (
-            f"{self.name} Conv2D({self.filters}) {shapes}, {', '.join(parts)}, "
-            f"padding {self.padding} "
-            f"{list(self.padding_amount)}, activation {self.activation}"
-        )
 
 
 @dataclass(frozen=True)
@@ -245,7 +205,7 @@ def _predict_result(response: pb.PredictResponse) -> PredictResult:
     )
 
 
-def _feature_map_request(
+def feature_map_request(
     images: Images, layer: str | None, pre_activation: bool, model: str | None, version: int | None
 ) -> pb.FeatureMapRequest:
     return pb.FeatureMapRequest(
@@ -260,7 +220,7 @@ def _feature_map_result(response: pb.FeatureMapResponse) -> FeatureMapResult:
         pre_activations=from_tensor(response.pre_activations)
         if response.HasField("pre_activations")
         else None,
-        layer=Layer.from_message(response.layer),
+        layer=from_layer_message(response.layer),
         model=response.model.name,
         version=response.model.version,
     )
@@ -287,7 +247,7 @@ def _explain_result(response: pb.ExplainResponse) -> ExplainResult:
         classes=np.array(response.class_indices),
         probabilities=from_tensor(response.probabilities),
         class_names=tuple(response.class_names),
-        layer=Layer.from_message(response.layer),
+        layer=from_layer_message(response.layer),
         model=response.model.name,
         version=response.model.version,
     )
@@ -297,7 +257,7 @@ def _filters_result(response: pb.FiltersResponse) -> FiltersResult:
     return FiltersResult(
         kernels=from_tensor(response.kernels),
         biases=from_tensor(response.biases) if response.HasField("biases") else None,
-        layer=Layer.from_message(response.layer),
+        layer=from_layer_message(response.layer),
         model=response.model.name,
         version=response.model.version,
     )
@@ -309,7 +269,7 @@ def _model_info(response: pb.ModelMetadata) -> ModelInfo:
         class_names=tuple(response.class_names), input_shape=tuple(response.input.shape),
         preprocessing_scale=response.preprocessing_scale,
         preprocessing_offset=response.preprocessing_offset,
-        layers=tuple(Layer.from_message(layer) for layer in response.layers),
+        layers=tuple(from_layer_message(layer) for layer in response.layers),
         parameters=response.parameters, test_accuracy=response.test_accuracy,
         test_loss=response.test_loss, created_at=response.created_at,
         metadata=json.loads(response.metadata_json or "{}"),
@@ -355,11 +315,11 @@ T = TypeVar("T")
 Pem = str | Path | bytes  # a PEM file's path, or its bytes
 
 
-def _pem(source: Pem | None) -> bytes | None:
+def read_pem(source: Pem | None) -> bytes | None:
     return source if source is None or isinstance(source, bytes) else Path(source).read_bytes()
 
 
-def _credentials(
+def channel_credentials(
     tls: bool, ca_cert: Pem | None, client_cert: Pem | None, client_key: Pem | None
 ) -> grpc.ChannelCredentials | None:
     """TLS credentials when any TLS option is given (else None: plaintext)."""
@@ -368,9 +328,9 @@ def _credentials(
     if (client_cert is None) != (client_key is None):
         raise ValueError("client_cert and client_key go together: give both or neither")
     return grpc.ssl_channel_credentials(
-        root_certificates=_pem(ca_cert),  # None: the system's trusted CAs
-        private_key=_pem(client_key),
-        certificate_chain=_pem(client_cert),
+        root_certificates=read_pem(ca_cert),  # None: the system's trusted CAs
+        private_key=read_pem(client_key),
+        certificate_chain=read_pem(client_cert),
     )
 
 
@@ -402,7 +362,7 @@ class _Base:
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
     ) -> None:
-        credentials = _credentials(tls, ca_cert, client_cert, client_key)
+        credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
         options = _channel_options(max_message_bytes, retries)
         channel = open_channel(self._grpc, target, credentials, options)
         self.target = target
@@ -453,7 +413,7 @@ class Client(_Base):
         model: str | None = None, version: int | None = None, timeout: float | None = None,
     ) -> FeatureMapResult:  # fmt: skip
         """The activations of `layer` (default: the first conv layer) for each image."""
-        request = _feature_map_request(images, layer, pre_activation, model, version)
+        request = feature_map_request(images, layer, pre_activation, model, version)
         return _feature_map_result(self._call(self._stub.FeatureMap, request, timeout))
 
     def explain(
@@ -529,7 +489,7 @@ class AsyncClient(_Base):
         self, images: Images, *, layer: str | None = None, pre_activation: bool = False,
         model: str | None = None, version: int | None = None, timeout: float | None = None,
     ) -> FeatureMapResult:  # fmt: skip
-        request = _feature_map_request(images, layer, pre_activation, model, version)
+        request = feature_map_request(images, layer, pre_activation, model, version)
         return _feature_map_result(await self._call(self._stub.FeatureMap, request, timeout))
 
     async def explain(

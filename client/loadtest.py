@@ -31,7 +31,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from client.client import _credentials, _feature_map_request, open_channel, predict_request
+from client.client import (
+    channel_credentials,
+    feature_map_request,
+    open_channel,
+    predict_request,
+    read_pem,
+)
 
 __all__ = [
     "Plan",
@@ -143,7 +149,7 @@ def _run_share(plan: Plan, step: Step, slot: int, budget: int | None) -> dict[st
 
 async def _run_async(plan: Plan, step: Step, slot: int, budget: int | None) -> dict[str, Any]:
     tls, ca_cert, client_cert, client_key = plan.tls
-    credentials = _credentials(tls, ca_cert, client_cert, client_key)
+    credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
     metadata = (("authorization", f"Bearer {plan.token}"),) if plan.token else None
     width = step.concurrency or max(1, int((step.rate or 1) * 0.05))  # expected in flight
     channels = [
@@ -312,7 +318,7 @@ def build_calls(
             body = predict_request(batch_images, model, version, 3).SerializeToString()
             calls.append((V1 + "Predict", body, batch))
         else:
-            request = _feature_map_request(batch_images, layer, False, model, version)
+            request = feature_map_request(batch_images, layer, False, model, version)
             calls.append((V1 + "FeatureMap", request.SerializeToString(), batch))
     return tuple(calls)
 
@@ -322,7 +328,7 @@ def v2_request(
     input_name: str = "images",
 ) -> bytes:  # fmt: skip
     """A V2 ModelInferRequest of uint8 pixels [N, H, W] as raw bytes, serialized."""
-    from client._pb.inference import grpc_predict_v2_pb2 as v2  # not at import: see client.py
+    from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2  # not at import: see client.py
 
     tensor = v2.ModelInferRequest.InferInputTensor(
         name=input_name, datatype="UINT8", shape=[len(images), *images.shape[1:], 1]
@@ -372,7 +378,7 @@ def write_csv(path: Path, results: list[StepResult]) -> None:
 
 def plot(path: Path, results: list[StepResult], title: str) -> Any:
     """Latency percentiles against throughput, one line per percentile; returns the figure."""
-    from client.pictures import pyplot
+    from convserve.pictures import pyplot
 
     plt = pyplot()
     import matplotlib.ticker
@@ -402,22 +408,16 @@ def plot(path: Path, results: list[StepResult], title: str) -> Any:
 # --- the command ---
 
 
-def main(args: argparse.Namespace) -> int:
-    from client.client import _pem
-
-    if args.images:
-        images: Any = [path.read_bytes() for path in args.images]
-    else:
-        from training.data import load
-
-        images = load("test", data_dir=args.data_dir, limit=args.fashion_mnist_test).images
+def main(args: argparse.Namespace, images: np.ndarray | list[bytes]) -> int:
+    """`convserve loadtest` with its parsed `args`, sending `images` (pixels or files)."""
     calls = build_calls(args.api, args.workload, images, args.batch, args.model, args.version,
                         args.layer)  # fmt: skip
     plan = Plan(
         target=args.target, calls=calls, timeout=args.timeout, warmup=args.warmup,
         duration=args.duration, requests=args.requests, distribution=args.distribution,
         token=args.token,
-        tls=(args.tls, _pem(args.ca_cert), _pem(args.client_cert), _pem(args.client_key)),
+        tls=(args.tls, read_pem(args.ca_cert), read_pem(args.client_cert),
+             read_pem(args.client_key)),
     )  # fmt: skip
     if args.rate:
         steps = [Step(rate=rate) for rate in args.rate]

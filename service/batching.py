@@ -9,7 +9,7 @@ long for company (more throughput, more latency); the default 0 never waits.
 
 Batches of at most `inline_max_images` run right on the event loop: for a small model in
 numpy a thread hand-off (and the GIL ping-pong that comes with it) costs more than the
-arithmetic. Larger batches, and every TensorFlow call, run in worker threads.
+arithmetic. Larger batches run in the executor's worker threads.
 
 Overload degrades into fast refusals: past `max_queued` waiting requests a new one gets
 RESOURCE_EXHAUSTED at once. A request whose deadline (`DEADLINE`, set by the gRPC boundary)
@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
 
+from service.calls import DEADLINE
 from service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
-__all__ = ["DEADLINE", "Batcher"]
+__all__ = ["Batcher"]
 
 Array = np.ndarray
-
-# When the current call's deadline passes (time.monotonic(), the event loop's clock), if any.
-DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
 
 class _Request:
@@ -53,7 +50,8 @@ class _Request:
 class Batcher:
     """`await batcher.submit(pixels)` → `run(all queued pixels)` rows for these pixels.
 
-    `run` maps [N, ...] → [N, ...] and runs in `executor`, never on the event loop. At most
+    `run` maps [N, ...] → [N, ...]; it runs in `executor`, or on the event loop for batches of
+    at most `inline_max_images` images (0: never). At most
     `max_concurrent_batches` batches run at once. An exception from `run` reaches exactly
     the requests of that batch. `name` says whose queue it is in error messages.
     """

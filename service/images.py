@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client.tensors import TensorError, from_tensor
+from convserve.api.codec import TensorError, from_tensor
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from service.errors import InvalidInput, ResourceExhausted
 
 __all__ = ["as_pixels", "decode_files", "from_images", "is_encoded"]

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "main", "serve"]
+from convserve.cli import CommandError
+
+__all__ = ["add_arguments", "add_serve", "main", "serve"]
 
 
 def _boolean(text: str) -> bool:
@@ -41,6 +43,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=argparse.SUPPRESS,
             help=f"{field.description} (env CONVSERVE_{name.upper()}, default {field.default!r})",
         )
+
+
+def add_serve(parser: argparse.ArgumentParser) -> None:
+    """serve the models in MODELS_DIR over gRPC
+
+    Serve every model under MODELS_DIR over gRPC until SIGTERM/SIGINT. Each flag is also an
+    environment variable CONVSERVE_<NAME>.
+    """
+    try:
+        add_arguments(parser)  # imports pydantic-settings
+    except ImportError:  # a client-only install: no pydantic-settings, no TensorFlow
+        parser.set_defaults(run=_not_installed)
+    else:
+        parser.set_defaults(run=run)
+
+
+def _not_installed(args: argparse.Namespace) -> int:
+    raise CommandError("the server is not installed: pip install 'convserve[serve]'")
 
 
 async def serve(settings: Any) -> None:

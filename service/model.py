@@ -3,7 +3,6 @@ compiled, warmed `tf.function`s."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -14,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from service.batching import Batcher
+from convserve import artifact
+from convserve.artifact import Layer, Metadata
 from service.errors import InvalidInput, ModelLoadError, NotFound
-from service.responses import PredictEncoder
 from service.runtime import NumpyRuntime, Unsupported
-from training.train import ARTIFACT_FORMAT, METADATA_FILE, MODEL_FILE, sha256_file
 
 __all__ = ["Model"]
 
@@ -44,35 +42,31 @@ class Model:
     """
 
     def __init__(
-        self, path: Path, metadata: dict[str, Any], keras_model: Any, runtime: str = "auto"
+        self, path: Path, metadata: Metadata, keras_model: Any, runtime: str = "auto"
     ) -> None:
         import tensorflow as tf
 
         self.path = path
         self.metadata = metadata
-        self.name: str = metadata["name"]
-        self.version: int = int(metadata["version"])
-        self.class_names: tuple[str, ...] = tuple(metadata["classes"])
-        self.input_shape: tuple[int, int, int] = tuple(metadata["input"]["shape"])
-        self.input_name: str = metadata["input"]["name"]
-        self.output_name: str = metadata.get("output", {}).get("name", "probabilities")
-        self.layers: dict[str, dict[str, Any]] = {
-            layer["name"]: layer for layer in metadata["layers"]
-        }
+        self.name = metadata.name
+        self.version = metadata.version
+        self.class_names = metadata.classes
+        self.input_shape: tuple[int, int, int] = metadata.input.shape  # type: ignore[assignment]
+        self.input_name = metadata.input.name
+        self.output_name = metadata.output.name
+        self.layers: dict[str, Layer] = {layer.name: layer for layer in metadata.layers}
         # Layers whose output is an image-like [H, W, C] tensor: what FeatureMap can show.
         self.feature_layers = tuple(
-            name for name, layer in self.layers.items() if len(layer["output_shape"]) == 3
+            name for name, layer in self.layers.items() if len(layer.output_shape) == 3
         )
-        self.conv_layers = tuple(
-            name for name in self.feature_layers if self.layers[name]["type"] == "Conv2D"
-        )
+        self.conv_layers = tuple(name for name in self.feature_layers if self.layers[name].is_conv)
         # FeatureMap and Filters show the first conv layer, Explain the last (Grad-CAM's choice:
         # the most semantic features that still have a place in the image).
         self.default_layer = (self.conv_layers or self.feature_layers or ("",))[0]
         self.explain_layer = (self.conv_layers or self.feature_layers or ("",))[-1]
         self._keras = keras_model
-        self._scale = float(metadata["preprocessing"]["scale"])
-        self._offset = float(metadata["preprocessing"]["offset"])
+        self._scale = metadata.preprocessing.scale
+        self._offset = metadata.preprocessing.offset
         self._signature = [tf.TensorSpec([None, *self.input_shape], tf.float32, name="images")]
         self._predict_tf = tf.function(self._forward, input_signature=self._signature)
         self.runtime = "tensorflow"
@@ -80,7 +74,7 @@ class Model:
         if runtime != "tensorflow":
             try:
                 self._predict_numpy = NumpyRuntime.compile(
-                    keras_model, self._scale, self._offset
+                    keras_model, self._scale, self._offset, metadata.layers
                 ).predict
                 self.runtime = "numpy"
             except Unsupported as exc:
@@ -89,9 +83,6 @@ class Model:
                         f"{path}: the numpy runtime cannot run it: {exc}"
                     ) from None
                 log.info("%s: numpy runtime unsupported (%s); using tensorflow", path, exc)
-        # Set by the server: Predict calls go through it, coalesced with their neighbours.
-        self.batcher: Batcher | None = None
-        self.encoder = PredictEncoder(self.name, self.version, self.class_names)
         self._compiled: dict[tuple[str, str], Any] = {}  # ("features" | "explain", layer)
         self._compiled_lock = threading.Lock()
 
@@ -99,14 +90,11 @@ class Model:
     def load(cls, path: Path, runtime: str = "auto") -> Model:
         """Load `path` = MODELS_DIR/NAME/VERSION, verify it against its metadata.json, warm it."""
         started = time.perf_counter()
-        metadata = _read_metadata(path)
-        model_file = path / MODEL_FILE
-        digest = sha256_file(model_file)
-        if digest != metadata["model_file"]["sha256"]:
-            raise ModelLoadError(
-                f"{model_file}: sha256 {digest} differs from metadata.json's "
-                f"{metadata['model_file']['sha256']} (a partial copy or a replaced file)"
-            )
+        try:
+            metadata = artifact.read(path)
+        except artifact.ArtifactError as exc:
+            raise ModelLoadError(str(exc)) from None
+        model_file = path / metadata.model_file.path
         import keras
 
         try:
@@ -115,10 +103,10 @@ class Model:
             raise ModelLoadError(f"{model_file}: Keras cannot load it: {exc}") from exc
         input_shape = list(keras_model.input.shape[1:])
         output_shape = list(keras_model.output.shape[1:])
-        if input_shape != metadata["input"]["shape"] or output_shape != [len(metadata["classes"])]:
+        if input_shape != list(metadata.input.shape) or output_shape != [len(metadata.classes)]:
             raise ModelLoadError(
                 f"{path}: the model maps {input_shape} → {output_shape} but metadata.json "
-                f"says {metadata['input']['shape']} → {len(metadata['classes'])} classes"
+                f"says {list(metadata.input.shape)} → {len(metadata.classes)} classes"
             )
         model = cls(path, metadata, keras_model, runtime)
         model.warm()
@@ -152,7 +140,7 @@ class Model:
         features: _FeatureFunction = self._function("features", layer)
         if pre_activation and not features.has_pre_activation:
             raise InvalidInput(
-                f"layer {layer!r} is a {self.layers[layer]['type']}: only Conv2D layers have a "
+                f"layer {layer!r} is a {self.layers[layer].type}: only Conv2D layers have a "
                 "pre-activation; ask without it or pick a conv layer"
             )
         activations, pre = features.function(pixels)
@@ -280,33 +268,3 @@ class Model:
             return out, out
 
         return _FeatureFunction(tf.function(other, input_signature=self._signature), False)
-
-
-def _read_metadata(path: Path) -> dict[str, Any]:
-    metadata_path = path / METADATA_FILE
-    try:
-        metadata: dict[str, Any] = json.loads(metadata_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{metadata_path}: cannot read it: {exc}") from exc
-    if metadata.get("format_version") != ARTIFACT_FORMAT:
-        raise ModelLoadError(
-            f"{metadata_path}: format_version {metadata.get('format_version')!r}, "
-            f"this server reads {ARTIFACT_FORMAT}"
-        )
-    missing = {
-        "name",
-        "version",
-        "classes",
-        "input",
-        "preprocessing",
-        "model_file",
-        "layers",
-    } - set(metadata)
-    if missing:
-        raise ModelLoadError(f"{metadata_path}: missing {', '.join(sorted(missing))}")
-    if str(metadata["version"]) != path.name or metadata["name"] != path.parent.name:
-        raise ModelLoadError(
-            f"{metadata_path}: describes {metadata['name']} version {metadata['version']}, "
-            f"but lives in {path.parent.name}/{path.name}"
-        )
-    return metadata

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 
 __all__ = ["PredictEncoder"]
 

@@ -1,7 +1,7 @@
 """A numpy runtime compiled from a Keras model: the same arithmetic without TensorFlow's
 per-call overhead, which dominates for models this small (≈0.1 ms instead of ≈0.7 ms at batch 1).
 
-It covers the layers `training.model.build_model` creates; `NumpyRuntime.compile` raises
+It covers the layers convserve's trainer builds; `NumpyRuntime.compile` raises
 `Unsupported` for anything else and the server falls back to TensorFlow, the reference.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from training.reference import same_padding
+from convserve.artifact import Layer
 
 __all__ = ["NumpyRuntime", "Unsupported"]
 
@@ -83,7 +83,7 @@ def _activation(layer: Any) -> Op:
     return ACTIVATIONS[name]
 
 
-def _conv(layer: Any, ordinal: int) -> Op:
+def _conv(layer: Any, ordinal: int, padding_amount: tuple[int, ...]) -> Op:
     if layer.data_format != "channels_last" or layer.groups != 1:
         raise Unsupported(f"{layer.name}: data_format/groups")
     kernel, *bias = layer.get_weights()
@@ -92,7 +92,8 @@ def _conv(layer: Any, ordinal: int) -> Op:
     # The bias rides along as one more row of the matrix against a column of ones: one
     # pass over the output fewer (this machine is memory-bound at these sizes).
     matrix = np.vstack([kernel.reshape(taps, c_out), *bias]).astype(np.float32)
-    (sh, sw), (dh, dw), padding = layer.strides, layer.dilation_rate, layer.padding
+    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    top, bottom, left, right = padding_amount  # what the artifact recorded: 'same' split as TF does
     activation = _activation(layer)
     # Scratch arrays shared by every conv of every model on this thread: the columns are dead
     # once multiplied; outputs alternate so a conv never writes over its own input.
@@ -100,10 +101,8 @@ def _conv(layer: Any, ordinal: int) -> Op:
 
     def conv(x: Array) -> Array:
         n, h, w, _ = x.shape
-        if padding == "same":
-            x = np.pad(
-                x, ((0, 0), same_padding(h, kh, sh, dh), same_padding(w, kw, sw, dw), (0, 0))
-            )
+        if top or bottom or left or right:
+            x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
             h, w = x.shape[1:3]
         out_h, out_w = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
         # im2col: one column block per kernel tap, then a single matrix product.
@@ -168,13 +167,13 @@ def _max_pool(layer: Any) -> Op:
     return pool
 
 
-def _compile(layer: Any, ordinal: int) -> Op | None:
+def _compile(layer: Any, ordinal: int, described: dict[str, Layer]) -> Op | None:
     """The op for one layer; `ordinal` counts the conv layers before it."""
     kind = type(layer).__name__
     if kind == "InputLayer" or kind == "Dropout":
         return None
     if kind == "Conv2D":
-        return _conv(layer, ordinal)
+        return _conv(layer, ordinal, described[layer.name].padding_amount)
     if kind == "Dense":
         return _dense(layer)
     if kind == "BatchNormalization":
@@ -196,15 +195,18 @@ class NumpyRuntime:
         self._scale, self._offset = np.float32(scale), np.float32(offset)
 
     @classmethod
-    def compile(cls, model: Any, scale: float, offset: float) -> NumpyRuntime:
-        """Raises `Unsupported` if any layer is outside what this runtime implements."""
-        layers = model.layers
-        for previous, layer in itertools.pairwise(layers):
+    def compile(
+        cls, model: Any, scale: float, offset: float, layers: tuple[Layer, ...]
+    ) -> NumpyRuntime:
+        """`layers` are the artifact's descriptions of `model`'s layers (conv padding amounts).
+        Raises `Unsupported` if any layer is outside what this runtime implements."""
+        for previous, layer in itertools.pairwise(model.layers):
             if len(layer._inbound_nodes) != 1 or layer.input is not previous.output:
                 raise Unsupported(f"{layer.name}: not a plain sequential stack")
         ops, convs = [], 0
-        for layer in layers:
-            op = _compile(layer, convs)
+        described = {layer.name: layer for layer in layers}
+        for layer in model.layers:
+            op = _compile(layer, convs, described)
             convs += type(layer).__name__ == "Conv2D"
             if op is not None:
                 ops.append(op)

@@ -13,7 +13,7 @@ def test_generated_code_matches_the_protos(tmp_path: Path) -> None:
     subprocess.run(
         ["make", "-s", "proto", f"PB_DIR={tmp_path}"], cwd=ROOT, check=True, capture_output=True
     )
-    committed = ROOT / "client" / "_pb"
+    committed = ROOT / "convserve" / "api" / "pb"
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     existing = sorted(
         p.relative_to(committed)

@@ -1,8 +1,8 @@
-"""Train Keras Conv2D classifiers on Fashion-MNIST and export versioned model artifacts."""
+"""Train Keras Conv2D classifiers on Fashion-MNIST and publish versioned model artifacts."""
 
 import os
 
 # TensorFlow's C++ start-up chatter (CPU features, missing CUDA) hides the training output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__all__ = ["data", "model", "plan", "reference", "report", "train"]
+__all__ = ["commands", "model", "plan", "reference", "report", "train"]

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from client.pictures import pyplot
+from convserve.artifact import Layer, Metadata
+from convserve.pictures import pyplot
 
 if TYPE_CHECKING:
     from training.train import TrainResult
@@ -51,13 +52,13 @@ def class_figures(
     return {"per_class": per_class, "confusion_matrix": confusion.tolist()}
 
 
-def write_report(result: TrainResult, directory: Path, metadata: dict[str, Any]) -> list[Path]:
+def write_report(result: TrainResult, directory: Path, metadata: Metadata) -> list[Path]:
     """Write the report into `directory` (created); returns the files written."""
     assert result.test_labels is not None and result.test_probabilities is not None
     assert result.test_images is not None
     directory.mkdir(parents=True, exist_ok=True)
     predicted = result.test_probabilities.argmax(axis=1)
-    figures = metadata["evaluation"]
+    figures = metadata.evaluation
     written = [
         _confusion_png(
             directory / "confusion_matrix.png", figures["confusion_matrix"], result.class_names
@@ -174,18 +175,18 @@ def _save(plt: Any, figure: Any, path: Path) -> Path:
     return path
 
 
-def model_card(result: TrainResult, metadata: dict[str, Any]) -> str:
+def model_card(result: TrainResult, metadata: Metadata) -> str:
     """The model card: what the model is for, how it was made, how well it does, its limits."""
-    config, evaluation, training = result.config, metadata["evaluation"], metadata["training"]
+    config, evaluation, training = result.config, metadata.evaluation, metadata.training
     rows = "\n".join(
         f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
         f"{c['support']} |"
         for c in evaluation["per_class"]
     )
     layers = "\n".join(
-        f"| {layer['name']} | {layer['type']} | {layer['output_shape']} | "
-        f"{_layer_options(layer)} | {layer['parameters']:,} |"
-        for layer in metadata["layers"]
+        f"| {layer.name} | {layer.type} | {list(layer.output_shape)} | "
+        f"{_layer_options(layer)} | {layer.parameters:,} |"
+        for layer in metadata.layers
     )
     confused = _most_confused(evaluation["confusion_matrix"], result.class_names)
     augmentation = (
@@ -200,17 +201,17 @@ def model_card(result: TrainResult, metadata: dict[str, Any]) -> str:
         or "none"
     )
     stopped = result.stopped or f"ran all {config.epochs} epochs"
-    return f"""# {metadata["name"]} version {metadata["version"]}
+    return f"""# {metadata.name} version {metadata.version}
 
 A Keras Conv2D classifier of 28x28 grayscale images into {len(result.class_names)} classes
-({", ".join(result.class_names)}), exported by convserve {metadata["framework"]["convserve"]}
-on {metadata["created_at"]}.
+({", ".join(result.class_names)}), exported by convserve {metadata.framework["convserve"]}
+on {metadata.created_at}.
 
 ## Figures (test split, {result.test_examples:,} images never used in training)
 
 - **test accuracy {result.test_accuracy:.4f}**, test loss {result.test_loss:.4f}
-- {metadata["parameters"]:,} parameters; fit in {result.fit_seconds:,.0f} s on
-  {metadata["framework"]["machine"]}
+- {metadata.parameters:,} parameters; fit in {result.fit_seconds:,.0f} s on
+  {metadata.framework["machine"]}
 - most confused: {confused}
 
 | class | precision | recall | F1 | test images |
@@ -251,12 +252,12 @@ is `training.config` in metadata.json: `convserve train --config metadata.json` 
 """
 
 
-def _layer_options(layer: dict[str, Any]) -> str:
-    if layer["type"] != "Conv2D":
+def _layer_options(layer: Layer) -> str:
+    if not layer.is_conv:
         return ""
     return (
-        f"kernel {layer['kernel_size'][0]}, strides {layer['strides'][0]}, "
-        f"{layer['padding']}, dilation {layer['dilation_rate'][0]}, {layer['activation']}"
+        f"kernel {layer.kernel_size[0]}, strides {layer.strides[0]}, "
+        f"{layer.padding}, dilation {layer.dilation_rate[0]}, {layer.activation}"
     )
 
 

@@ -1,16 +1,13 @@
-"""Fit a configured model on Fashion-MNIST, evaluate it, and export a versioned artifact."""
+"""Fit a configured model on Fashion-MNIST, evaluate it, and publish a versioned artifact."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import hashlib
-import json
+import functools
 import os
 import platform
-import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -19,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training import data
+from convserve import artifact, fashion_mnist
+from convserve.artifact import MODEL_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
 from training.model import TrainConfig, build_model, infer_shapes
 from training.reference import output_size, same_padding
 from training.report import REPORT_DIR, class_figures, write_report
@@ -28,23 +26,16 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
-    "ARTIFACT_FORMAT",
-    "METADATA_FILE",
-    "MODEL_FILE",
     "ExportError",
     "TrainResult",
-    "check_name",
+    "build_metadata",
     "describe_layers",
     "export",
     "fit",
     "preprocess",
-    "sha256_file",
     "train",
 ]
 
-ARTIFACT_FORMAT = 1
-MODEL_FILE = "model.keras"
-METADATA_FILE = "metadata.json"
 PIXEL_SCALE = 1.0 / 255.0
 
 
@@ -82,7 +73,10 @@ def preprocess(images: np.ndarray) -> np.ndarray:
 
 
 def fit(
-    config: TrainConfig, *, data_dir: str | None = None, verbose: int | None = None
+    config: TrainConfig,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    verbose: int | None = None,
 ) -> TrainResult:
     """Train on the training split (its last validation_split held out for validation), then
     evaluate on the test split.
@@ -90,64 +84,26 @@ def fit(
     The same config (seed included) on the same machine gives the same weights and accuracy,
     unless a time budget (max_minutes) cuts the epochs: that depends on the machine's speed.
     """
-    config.check()
-    infer_shapes(config.model, len(data.resolve_classes(config.classes)))  # fail before loading
-    train_set = data.load(
-        "train", data_dir=data_dir, classes=config.classes, limit=config.train_limit
-    )
-    test_set = data.load("test", data_dir=data_dir, classes=config.classes, limit=config.test_limit)
-
-    import keras
-    import tensorflow as tf
-
-    from training.plan import Plan
-
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
-    n_classes = len(train_set.class_names)
-    model = build_model(config.model, n_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    train_set, test_set = _load_splits(config, data_dir)
+    model = _compiled_model(config, len(train_set.class_names))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     images, labels = preprocess(train_set.images), train_set.labels.astype(np.int32)
-    held_out = int(len(images) * config.validation_split)
-    fitted = len(images) - held_out
-    validation = (images[fitted:], labels[fitted:]) if held_out else None
-    plan = Plan(config, steps_per_epoch=-(-fitted // config.batch_size), verbose=verbose)
-    callbacks: list[keras.callbacks.Callback] = [plan]
-    if validation is not None:
-        # Under one-cycle, validation accuracy swings while the rate is high: watch it only in
-        # the second half, where the rate comes down (a 24-epoch run stopped at 13 otherwise).
-        early = keras.callbacks.EarlyStopping(
-            "val_accuracy",
-            patience=config.patience or config.epochs,
-            restore_best_weights=True,
-            start_from_epoch=config.epochs // 2 if config.schedule == "one_cycle" else 0,
-        )
-        callbacks.append(early)
+    fitted = len(images) - int(len(images) * config.validation_split)
+    validation = (images[fitted:], labels[fitted:]) if fitted < len(images) else None
+    plan, early = _callbacks(config, fitted, verbose, validation is not None)
     started = time.perf_counter()
     history = model.fit(
         _pipeline(images[:fitted], labels[:fitted], config),
         validation_data=validation,
         epochs=config.epochs,
         verbose=verbose,
-        callbacks=callbacks,
+        callbacks=[plan] if early is None else [plan, early],
         shuffle=False,  # the pipeline shuffles
     )
     fit_seconds = time.perf_counter() - started
+    probabilities, test_loss, test_accuracy = _evaluate(model, test_set)
     epochs_run = len(history.history["loss"])
-    stopped = plan.stopped
-    if validation is not None and early.stopped_epoch:
-        stopped = f"early stopping: no better validation accuracy for {config.patience} epochs"
-    test_images = preprocess(test_set.images)
-    probabilities = model.predict(test_images, batch_size=1024, verbose=0)
-    picked = probabilities[np.arange(len(probabilities)), test_set.labels]
-    test_loss = float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())  # Keras's clipping
-    test_accuracy = float((probabilities.argmax(axis=1) == test_set.labels).mean())
     return TrainResult(
         model=model,
         config=config,
@@ -160,13 +116,73 @@ def fit(
         test_examples=len(test_set),
         fit_seconds=fit_seconds,
         epochs_run=epochs_run,
-        stopped=stopped,
-        best_epoch=early.best_epoch + 1 if validation is not None else epochs_run,
+        stopped=plan.stopped
+        if early is None or not early.stopped_epoch
+        else f"early stopping: no better validation accuracy for {config.patience} epochs",
+        best_epoch=epochs_run if early is None else early.best_epoch + 1,
         data_source=str(train_set.source),
         test_images=test_set.images,
         test_labels=test_set.labels,
         test_probabilities=probabilities,
     )
+
+
+def _load_splits(
+    config: TrainConfig, data_dir: str | os.PathLike[str] | None
+) -> tuple[fashion_mnist.Dataset, fashion_mnist.Dataset]:
+    """The training and test splits the config asks for, once the config is known to work."""
+    config.check()
+    classes = fashion_mnist.resolve_classes(config.classes)
+    infer_shapes(config.model, len(classes))  # fail before loading
+    load = functools.partial(fashion_mnist.load, data_dir=data_dir, classes=config.classes)
+    return load("train", limit=config.train_limit), load("test", limit=config.test_limit)
+
+
+def _compiled_model(config: TrainConfig, classes: int) -> keras.Model:
+    """The configured model, seeded and deterministic, compiled for sparse labels."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    model = build_model(config.model, classes)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _callbacks(config: TrainConfig, fitted: int, verbose: int, validated: bool) -> tuple[Any, Any]:
+    """The learning-rate plan and time budget, and early stopping when there is validation."""
+    import keras
+
+    from training.plan import Plan
+
+    plan = Plan(config, steps_per_epoch=-(-fitted // config.batch_size), verbose=verbose)
+    if not validated:
+        return plan, None
+    # Under one-cycle, validation accuracy swings while the rate is high: watch it only in
+    # the second half, where the rate comes down (a 24-epoch run stopped at 13 otherwise).
+    early = keras.callbacks.EarlyStopping(
+        "val_accuracy",
+        patience=config.patience or config.epochs,
+        restore_best_weights=True,
+        start_from_epoch=config.epochs // 2 if config.schedule == "one_cycle" else 0,
+    )
+    return plan, early
+
+
+def _evaluate(
+    model: keras.Model, test_set: fashion_mnist.Dataset
+) -> tuple[np.ndarray, float, float]:
+    """Probabilities on the test split, its loss (with Keras's clipping) and accuracy."""
+    probabilities = model.predict(preprocess(test_set.images), batch_size=1024, verbose=0)
+    picked = probabilities[np.arange(len(probabilities)), test_set.labels]
+    loss = float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())
+    accuracy = float((probabilities.argmax(axis=1) == test_set.labels).mean())
+    return probabilities, loss, accuracy
 
 
 def _pipeline(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Any:
@@ -194,7 +210,7 @@ def _pipeline(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> An
     return dataset.prefetch(2)
 
 
-def describe_layers(model: keras.Model) -> list[dict[str, Any]]:
+def describe_layers(model: keras.Model) -> list[Layer]:
     """Every layer's name, type and shapes; for Conv2D also its kernel, strides, padding, dilation.
 
     Each conv layer's output shape is checked against O = floor((I − K_eff + 2P) / S) + 1.
@@ -203,53 +219,42 @@ def describe_layers(model: keras.Model) -> list[dict[str, Any]]:
     for layer in model.layers:
         if layer.__class__.__name__ == "InputLayer":
             continue
-        input_shape = [int(d) for d in layer.input.shape[1:]]
-        output_shape = [int(d) for d in layer.output.shape[1:]]
-        entry: dict[str, Any] = {
-            "name": layer.name,
-            "type": layer.__class__.__name__,
-            "input_shape": input_shape,
-            "output_shape": output_shape,
-            "parameters": int(layer.count_params()),
-        }
-        if entry["type"] == "Conv2D":
-            entry |= _describe_conv(layer, input_shape, output_shape)
-        layers.append(entry)
+        described = Layer(
+            name=layer.name,
+            type=layer.__class__.__name__,
+            input_shape=tuple(int(d) for d in layer.input.shape[1:]),
+            output_shape=tuple(int(d) for d in layer.output.shape[1:]),
+            parameters=int(layer.count_params()),
+        )
+        layers.append(_describe_conv(layer, described) if described.is_conv else described)
     return layers
 
 
-def _describe_conv(layer: Any, input_shape: list[int], output_shape: list[int]) -> dict[str, Any]:
+def _describe_conv(layer: Any, described: Layer) -> Layer:
     kernel, strides, dilation = layer.kernel_size, layer.strides, layer.dilation_rate
+    axes = list(zip(described.input_shape[:2], kernel, strides, dilation, strict=True))
     padding_amount = [
-        list(same_padding(size, k, s, d)) if layer.padding == "same" else [0, 0]
-        for size, k, s, d in zip(input_shape[:2], kernel, strides, dilation, strict=True)
+        same_padding(size, k, s, d) if layer.padding == "same" else (0, 0) for size, k, s, d in axes
     ]
-    expected = [
-        output_size(size, k, s, layer.padding, d)
-        for size, k, s, d in zip(input_shape[:2], kernel, strides, dilation, strict=True)
-    ] + [layer.filters]
-    if expected != output_shape:
+    expected = (
+        *(output_size(size, k, s, layer.padding, d) for size, k, s, d in axes),
+        layer.filters,
+    )
+    if expected != described.output_shape:
         raise ExportError(
-            f"layer {layer.name}: Keras output shape {output_shape} differs from the "
-            f"output-size formula's {expected}"
+            f"layer {layer.name}: Keras output shape {list(described.output_shape)} differs from "
+            f"the output-size formula's {list(expected)}"
         )
-    return {
-        "filters": int(layer.filters),
-        "kernel_size": list(kernel),
-        "strides": list(strides),
-        "padding": layer.padding,
-        "padding_amount": padding_amount,
-        "dilation_rate": list(dilation),
-        "activation": layer.activation.__name__,
-    }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return dataclasses.replace(
+        described,
+        filters=int(layer.filters),
+        kernel_size=tuple(kernel),
+        strides=tuple(strides),
+        padding=layer.padding,
+        padding_amount=(*padding_amount[0], *padding_amount[1]),
+        dilation_rate=tuple(dilation),
+        activation=layer.activation.__name__,
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -265,25 +270,26 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def build_metadata(
-    result: TrainResult, name: str, version: int, model_path: Path
-) -> dict[str, Any]:
+def build_metadata(result: TrainResult, name: str, version: int, model_path: Path) -> Metadata:
     """The self-description a server needs to serve the model and a person needs to trust it."""
     config = result.config
-    return {
-        "format_version": ARTIFACT_FORMAT,
-        "name": name,
-        "version": version,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "classes": list(result.class_names),
-        "input": {"name": "images", "shape": list(config.model.input_shape), "dtype": "float32"},
-        "preprocessing": {
-            "description": "callers send pixels 0..255; the model sees pixels * scale + offset",
-            "scale": PIXEL_SCALE,
-            "offset": 0.0,
-        },
-        "output": {"name": "probabilities", "shape": [len(result.class_names)], "dtype": "float32"},
-        "training": {
+    evaluation: dict[str, Any] = {
+        "test_accuracy": result.test_accuracy,
+        "test_loss": result.test_loss,
+        "test_examples": result.test_examples,
+    }
+    if result.test_labels is not None and result.test_probabilities is not None:
+        predicted = result.test_probabilities.argmax(axis=1)
+        evaluation |= class_figures(result.test_labels, predicted, result.class_names)
+    return Metadata(
+        name=name,
+        version=version,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        classes=result.class_names,
+        input=TensorSpec("images", tuple(config.model.input_shape)),
+        output=TensorSpec("probabilities", (len(result.class_names),)),
+        preprocessing=Preprocessing(scale=PIXEL_SCALE, offset=0.0),
+        training={
             "config": config.to_dict(),
             "seed": config.seed,
             "train_examples": result.train_examples,
@@ -294,89 +300,30 @@ def build_metadata(
             "best_epoch": result.best_epoch,
             "history": result.history,
         },
-        "evaluation": {
-            "test_accuracy": result.test_accuracy,
-            "test_loss": result.test_loss,
-            "test_examples": result.test_examples,
-            **(
-                class_figures(
-                    result.test_labels,
-                    result.test_probabilities.argmax(axis=1),
-                    result.class_names,
-                )
-                if result.test_labels is not None and result.test_probabilities is not None
-                else {}
-            ),
-        },
-        "parameters": int(result.model.count_params()),
-        "framework": _versions(),
-        "model_file": {
-            "path": MODEL_FILE,
-            "sha256": sha256_file(model_path),
-            "bytes": model_path.stat().st_size,
-        },
-        "layers": describe_layers(result.model),
-    }
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        evaluation=evaluation,
+        parameters=int(result.model.count_params()),
+        framework=_versions(),
+        model_file=FileEntry.of(model_path),
+        layers=tuple(describe_layers(result.model)),
+    )
 
 
 def export(
     result: TrainResult, models_dir: str | os.PathLike[str], name: str, *, report: bool = True
 ) -> Path:
-    """Write models/<name>/<version>/ (the next integer version) and return its path; with
-    `report`, also the evaluation report in its report/ directory (see training.report).
+    """Publish models/<name>/<version>/ (the next integer version) and return its path; with
+    `report`, also the evaluation report in its report/ directory (see training.report)."""
 
-    Everything is written into a hidden temp dir beside it, then renamed into place, so a
-    crash never leaves a half-written version and a server never sees one.
-    """
-    check_name(name)
-    model_root = Path(models_dir) / name
-    model_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_root))
-    try:
-        model_path = staging / MODEL_FILE
-        result.model.save(model_path)
-        version = _next_version(model_root)
-        while True:
-            metadata = build_metadata(result, name, version, model_path)
-            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-            if report:
-                write_report(result, staging / REPORT_DIR, metadata)
-            for path in (model_path, staging / METADATA_FILE, staging):
-                _fsync(path)
-            target = model_root / str(version)
-            try:
-                os.rename(staging, target)  # fails if another export took this version
-            except OSError:
-                if not target.exists():
-                    raise
-                version = _next_version(model_root)
-                continue
-            _fsync(model_root)
-            return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    def build(directory: Path, version: int) -> Metadata:
+        model_path = directory / MODEL_FILE
+        if not model_path.exists():  # a second try, after another export took the version
+            result.model.save(model_path)
+        metadata = build_metadata(result, name, version, model_path)
+        if report:
+            write_report(result, directory / REPORT_DIR, metadata)
+        return metadata
 
-
-def check_name(name: str) -> None:
-    """Model names become directory names and API identifiers: keep them plain."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-        raise ExportError(
-            f"model name {name!r}: expected 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-
-
-def _next_version(model_root: Path) -> int:
-    versions = [int(p.name) for p in model_root.iterdir() if p.name.isdigit() and p.is_dir()]
-    return max(versions, default=0) + 1
+    return artifact.publish(models_dir, name, build)
 
 
 def train(
@@ -384,11 +331,11 @@ def train(
     *,
     name: str,
     models_dir: str | os.PathLike[str],
-    data_dir: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     verbose: int | None = None,
     report: bool = True,
 ) -> tuple[Path, TrainResult]:
     """Fit, evaluate and export; returns the new version's directory and the fit's figures."""
-    check_name(name)
+    artifact.check_name(name)
     result = fit(config, data_dir=data_dir, verbose=verbose)
     return export(result, models_dir, name, report=report), result

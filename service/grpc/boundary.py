@@ -1,57 +1,49 @@
-"""The one boundary between gRPC and the service: registration and `@rpc`.
+"""The one boundary between gRPC and the service: every unary call and every message of a
+stream passes through it.
 
-`add_service` registers a servicer with lenient parsing: bytes that are not the request
-message reach the handler as `Malformed` and get INVALID_ARGUMENT (gRPC would say UNKNOWN).
-`@rpc` wraps every unary method: it admits the call (or refuses it: malformed, too many in
-flight, deadline passed), maps `ServiceError` to its status and anything else to INTERNAL
-(traceback logged, a generic message to the caller), counts each call by model, version,
-method and code with its latency and the calls in flight, answers with the call's request id
-(the caller's `x-request-id` metadata, or a new one) in the trailing metadata, and logs it
-to the access log (`--access-log`). (A grpc.aio ServerInterceptor did the same at 15% of
-the ceiling's throughput: it wraps every call in another handler and coroutine.)
+`Boundary.add_service` registers a servicer's methods wrapped in it. Requests are parsed
+leniently: bytes that are not the request message reach it as `Malformed` and get
+INVALID_ARGUMENT (gRPC would say UNKNOWN). For each call, and each message of a
+bidirectional stream, it admits the work (or refuses it: malformed, too many in flight,
+deadline passed), maps `ServiceError` to its status and anything else to INTERNAL (traceback
+logged, a generic message to the caller), counts it by model, version, method and code with
+its latency and the calls in flight, answers with the call's request id (the caller's
+`x-request-id` metadata, or a new one) in the trailing metadata, and logs it to the access
+log (`--access-log`). A failed stream message is answered with the servicer's error message
+for it and the stream goes on. (A grpc.aio ServerInterceptor did the same at 15% of the
+ceiling's throughput: it wraps every call in another handler and coroutine.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from service import metrics
-from service.batching import DEADLINE
+from service.calls import ANSWERED_BY, DEADLINE
 from service.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, ServiceError
 
 __all__ = [
     "ACCESS_LOGGER",
     "HANDLERS",
     "REQUEST_ID_KEY",
-    "Admission",
+    "Boundary",
     "Malformed",
-    "add_service",
-    "answered_by",
-    "failure",
     "record",
-    "rpc",
 ]
 
 log = logging.getLogger(__name__)
-# One INFO line per answered unary call; `convserve serve --access-log true` turns it on.
+# One INFO line per answered call or stream message; `convserve serve --access-log true`.
 ACCESS_LOGGER = "convserve.access"
 access = logging.getLogger(ACCESS_LOGGER)
-
-# The model and version a request resolved to, set by the servicer for the metrics' labels.
-answered_by: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
-    "answered_by", default=("", "")
-)
 
 # Longer error messages are cut: gRPC clients refuse trailers over 8-16 KB.
 MAX_MESSAGE = 1000
@@ -59,7 +51,9 @@ MAX_MESSAGE = 1000
 # The caller's request id (or a new one), sent back in the trailing metadata of every answer.
 REQUEST_ID_KEY = "x-request-id"
 
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+# A failed stream message's answer: (the request, "CODE: message") → a response message.
+StreamError = Callable[[Any, str], Any]
 
 
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -86,7 +80,7 @@ def record(model: str, version: str, method: str, code: str, seconds: float) -> 
 
 
 class Malformed:
-    """A request whose bytes are not its message: the handler answers INVALID_ARGUMENT.
+    """A request whose bytes are not its message: the boundary answers INVALID_ARGUMENT.
 
     gRPC would answer a parse failure with UNKNOWN; parsing leniently keeps that decision here.
     """
@@ -121,53 +115,6 @@ HANDLERS = {
 }
 
 
-def add_service(
-    servicer: Any,
-    service: ServiceDescriptor,
-    server: grpc.aio.Server,
-    *,
-    raw_responses: frozenset[str] = frozenset(),
-) -> None:
-    """Register every method of `service` on `server`: requests parsed leniently (`Malformed`),
-    answers serialized, except those of `raw_responses`, which are already wire bytes."""
-    handlers = {}
-    for method in service.methods:
-        response_type = message_factory.GetMessageClass(method.output_type)
-        kind = HANDLERS[(method.client_streaming, method.server_streaming)]
-        handlers[method.name] = kind(
-            getattr(servicer, method.name),
-            request_deserializer=_parser(message_factory.GetMessageClass(method.input_type)),
-            response_serializer=(
-                bytes if method.name in raw_responses else response_type.SerializeToString
-            ),
-        )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
-    )
-
-
-class Admission:
-    """One server's calls in flight (every `@rpc` method) and the most it takes at once."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.inflight = 0
-
-    def admit(self, remaining: float | None) -> None:
-        """Take a call with `remaining` seconds to its deadline (None: none), or refuse it."""
-        if self.inflight >= self.limit:
-            raise ResourceExhausted(
-                f"the server is answering {self.inflight} calls, the most it takes at once "
-                f"(max_concurrent_requests); retry later"
-            )
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded(
-                "the call's deadline had passed when the server took it up; it was not computed"
-            )
-        DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
-        self.inflight += 1
-
-
 def failure(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
     """The status and message a caller gets for `exc`: a `ServiceError`'s own; for anything
     else INTERNAL and a generic message, the traceback logged as `what` failing."""
@@ -188,29 +135,115 @@ def _log_access(
     access.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
 
 
-def rpc(handler: Handler) -> Handler:
-    """Wrap a unary method `async def Method(self, request, context)` of a servicer that has
-    an `engine` (whose `admission` takes or refuses the call)."""
-    method = handler.__name__
-    inflight = metrics.INFLIGHT.labels(method)
+class Boundary:
+    """One server's door: its calls in flight and the most it takes at once (`limit`)."""
 
-    @functools.wraps(handler)
-    async def boundary(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inflight = 0
+
+    def add_service(
+        self,
+        servicer: Any,
+        service: ServiceDescriptor,
+        server: grpc.aio.Server,
+        *,
+        raw_responses: frozenset[str] = frozenset(),
+        stream_errors: Mapping[str, StreamError] | None = None,
+    ) -> None:
+        """Register every method of `service` on `server`, each behind this boundary.
+
+        A unary method is `async def Method(request, context) -> response`; a bidirectional
+        stream's method answers one message the same way, and `stream_errors[name]` makes the
+        answer to a message that failed. Answers are serialized, except those of
+        `raw_responses`, which are already wire bytes.
+        """
+        handlers = {}
+        for method in service.methods:
+            response_type = message_factory.GetMessageClass(method.output_type)
+            streaming = (method.client_streaming, method.server_streaming)
+            handler = getattr(servicer, method.name)
+            if streaming == (False, False):
+                behaviour: Any = self._unary(handler, method.name)
+            elif streaming == (True, True) and stream_errors and method.name in stream_errors:
+                behaviour = self._stream(handler, method.name, stream_errors[method.name])
+            else:
+                raise ValueError(f"{method.full_name}: no boundary for {streaming} streaming")
+            handlers[method.name] = HANDLERS[streaming](
+                behaviour,
+                request_deserializer=_parser(message_factory.GetMessageClass(method.input_type)),
+                response_serializer=(
+                    bytes if method.name in raw_responses else response_type.SerializeToString
+                ),
+            )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+        )
+
+    def _unary(self, handler: Handler, method: str) -> Handler:
+        inflight = metrics.INFLIGHT.labels(method)
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            trailer = ((REQUEST_ID_KEY, _request_id(context)),)
+            context.set_trailing_metadata(trailer)
+            response, code, message = await self._answer(
+                handler, method, inflight, request, context, trailer[0][1]
+            )
+            if code is grpc.StatusCode.OK:
+                return response
+            # Answered after it is counted: a caller that reads the metrics right after its
+            # error finds it there.
+            await context.abort(code, message, trailer)
+
+        return unary
+
+    def _stream(
+        self, handler: Handler, method: str, error: StreamError
+    ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+        inflight = metrics.INFLIGHT.labels(method)
+
+        async def stream(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            request_id = _request_id(context)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            async for request in requests:
+                response, code, message = await self._answer(
+                    handler, method, inflight, request, context, request_id
+                )
+                yield (
+                    response
+                    if code is grpc.StatusCode.OK
+                    else error(request, f"{code.name}: {message}")
+                )
+
+        return stream
+
+    async def _answer(
+        self,
+        handler: Handler,
+        method: str,
+        inflight: Any,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        request_id: str,
+    ) -> tuple[Any, grpc.StatusCode, str]:
+        """One call or stream message: (response, OK, "") or (None, its status, the message).
+
+        Raises CancelledError when the caller has gone or its deadline has passed: no answer.
+        """
         started = time.perf_counter()
-        answered_by.set(("", ""))
-        trailer = ((REQUEST_ID_KEY, _request_id(context)),)
-        context.set_trailing_metadata(trailer)
-        code = grpc.StatusCode.OK
-        admission = self.engine.admission
+        ANSWERED_BY.set(("", ""))
+        code, message, response = grpc.StatusCode.OK, "", None
         inflight.inc()
         try:
             if type(request) is Malformed:
                 raise request.reject()
-            admission.admit(context.time_remaining())
+            self._admit(context.time_remaining())
             try:
-                return await handler(self, request, context)
+                response = await handler(request, context)
             finally:
-                admission.inflight -= 1
+                self.inflight -= 1
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
@@ -218,19 +251,29 @@ def rpc(handler: Handler) -> Handler:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            code, message = failure(exc, f"{method} (request id {trailer[0][1]})")
+            code, message = failure(exc, f"{method} (request id {request_id})")
             remaining = context.time_remaining()
             if context.cancelled() or (remaining is not None and remaining <= 0):
                 raise asyncio.CancelledError from None  # the caller left or gave up: no answer
         finally:
             inflight.dec()
-            model, version = answered_by.get()
+            model, version = ANSWERED_BY.get()
             seconds = time.perf_counter() - started
             record(model, version, method, code.name, seconds)
             if access.isEnabledFor(logging.INFO):
-                _log_access(trailer[0][1], method, model, version, code.name, seconds)
-        # Only a caught failure gets here: answered after it is counted, so a caller that
-        # reads the metrics right after its error finds it there.
-        await context.abort(code, message, trailer)
+                _log_access(request_id, method, model, version, code.name, seconds)
+        return response, code, message
 
-    return boundary  # type: ignore[return-value]
+    def _admit(self, remaining: float | None) -> None:
+        """Take work with `remaining` seconds to its deadline (None: none), or refuse it."""
+        if self.inflight >= self.limit:
+            raise ResourceExhausted(
+                f"the server is answering {self.inflight} calls, the most it takes at once "
+                f"(max_concurrent_requests); retry later"
+            )
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded(
+                "the call's deadline had passed when the server took it up; it was not computed"
+            )
+        DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
+        self.inflight += 1

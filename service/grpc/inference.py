@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import numpy as np
 
-from client._pb.inference import grpc_predict_v2_pb2 as v2
-from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
+from convserve.api.pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.errors import InvalidInput, NotFound, Unavailable
-from service.grpc.boundary import Malformed, answered_by, failure, record, rpc
+from service.grpc.boundary import Boundary, Malformed
 from service.grpc.engine import Engine
 from service.model import Model
 
-__all__ = ["InferenceServicer"]
+__all__ = ["InferenceServicer", "add_to_server"]
 
 SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # Datatype → (numpy dtype, the InferTensorContents field carrying it typed).
@@ -44,19 +43,16 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._repository = engine.repository
         self._change_repository = change_repository  # runs a repository call off the loop
 
-    @rpc
     async def ServerLive(
         self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.ServerLiveResponse:
         return v2.ServerLiveResponse(live=True)
 
-    @rpc
     async def ServerReady(
         self, request: v2.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.ServerReadyResponse:
         return v2.ServerReadyResponse(ready=self._repository.ready)
 
-    @rpc
     async def ModelReady(
         self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.ModelReadyResponse:
@@ -67,7 +63,6 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             return v2.ModelReadyResponse(ready=False)
         return v2.ModelReadyResponse(ready=True)
 
-    @rpc
     async def ServerMetadata(
         self, request: v2.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.ServerMetadataResponse:
@@ -77,7 +72,6 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             extensions=["model_repository"],
         )
 
-    @rpc
     async def ModelMetadata(
         self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.ModelMetadataResponse:
@@ -98,41 +92,26 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                     tensor(
                         name=layer,
                         datatype="FP32",
-                        shape=[-1, *model.layers[layer]["output_shape"]],
+                        shape=[-1, *model.layers[layer].output_shape],
                     )
                     for layer in model.feature_layers
                 ),
             ],
         )
 
-    @rpc
     async def ModelInfer(
         self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.ModelInferResponse:
         return await self._infer(request)
 
     async def ModelStreamInfer(
-        self,
-        requests: AsyncIterator[v2.ModelInferRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[v2.ModelStreamInferResponse]:
-        """One answer per request, in order; a failed request gets its `error_message` (with
-        the status name in front, e.g. "NOT_FOUND: ...") and the stream goes on."""
-        async for request in requests:
-            started = time.perf_counter()
-            answered_by.set(("", ""))
-            code = grpc.StatusCode.OK
-            try:
-                yield v2.ModelStreamInferResponse(infer_response=await self._infer(request))
-            except Exception as exc:
-                code, message = failure(exc, "ModelStreamInfer")
-                yield _stream_error(request, f"{code.name}: {message}")
-            finally:
-                record(
-                    *answered_by.get(), "ModelStreamInfer", code.name, time.perf_counter() - started
-                )
+        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> v2.ModelStreamInferResponse:
+        """One message of the stream; every message is answered, in order. A failed one gets
+        its `error_message` (the status name in front, e.g. "NOT_FOUND: ...", see
+        `_stream_error`) and the stream goes on."""
+        return v2.ModelStreamInferResponse(infer_response=await self._infer(request))
 
-    @rpc
     async def RepositoryIndex(
         self, request: v2.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.RepositoryIndexResponse:
@@ -150,7 +129,6 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             ]
         )
 
-    @rpc
     async def RepositoryModelLoad(
         self, request: v2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.RepositoryModelLoadResponse:
@@ -158,7 +136,6 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         await self._change_repository(self._repository.load, _model_name(request.model_name))
         return v2.RepositoryModelLoadResponse()
 
-    @rpc
     async def RepositoryModelUnload(
         self, request: v2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.RepositoryModelUnloadResponse:
@@ -166,9 +143,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         await self._change_repository(self._repository.unload, _model_name(request.model_name))
         return v2.RepositoryModelUnloadResponse()
 
-    async def _infer(self, request: v2.ModelInferRequest | Malformed) -> v2.ModelInferResponse:
-        if isinstance(request, Malformed):  # a stream's message (unary calls: see `rpc`)
-            raise request.reject()
+    async def _infer(self, request: v2.ModelInferRequest) -> v2.ModelInferResponse:
         model = self.engine.model(request.model_name, _version(request.model_version))
         outputs = list(request.outputs) or [v2.ModelInferRequest.InferRequestedOutputTensor()]
         names = (model.output_name, *EXPLAIN_OUTPUTS, *model.feature_layers)
@@ -199,6 +174,15 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             response.outputs.add(name=name, datatype="FP32", shape=array.shape)
             response.raw_output_contents.append(array.astype("<f4", copy=False).tobytes())
         return response
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server, boundary: Boundary) -> None:
+    boundary.add_service(
+        servicer,
+        v2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+        server,
+        stream_errors={"ModelStreamInfer": _stream_error},
+    )
 
 
 def _explain_parameters(

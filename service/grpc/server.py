@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -15,16 +16,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client._pb.inference import grpc_predict_v2_pb2 as v2
-from service import metrics
-from service.batching import Batcher
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from service.grpc import inference, servicer
 from service.grpc.auth import TokenAuth, load_tokens
-from service.grpc.boundary import add_service
+from service.grpc.boundary import Boundary
 from service.grpc.engine import Engine
-from service.grpc.inference import SERVICE_NAME as V2_SERVICE_NAME
-from service.grpc.inference import InferenceServicer
-from service.grpc.servicer import ConvServeServicer, add_to_server
 from service.model import Model
 from service.repository import Repository
 from service.settings import Settings
@@ -43,15 +39,23 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class Server:
     """`port = await server.start()` (models loaded and warm), then `await server.stop(grace)`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, load_model: Callable[[Path], Model] | None = None
+    ) -> None:
+        """`load_model(MODELS_DIR/NAME/VERSION)` makes a served model: by default
+        `Model.load` with the settings' runtime."""
         self.settings = settings
         self.repository = Repository(
-            settings.models_dir, settings.default_model, self._load, settings.version_policy
+            settings.models_dir,
+            settings.default_model,
+            load_model or functools.partial(Model.load, runtime=settings.runtime),
+            settings.version_policy,
         )
         self.metrics_port: int | None = None
         self._executor = ThreadPoolExecutor(
             settings.inference_threads, thread_name_prefix="inference"
         )
+        self.engine = Engine(self.repository, self._executor, settings)
         # Loading models is slow (TensorFlow): never in the inference threads' way.
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="repository")
         self._watcher: asyncio.Task[None] | None = None
@@ -59,30 +63,6 @@ class Server:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._grpc: grpc.aio.Server | None = None
         self._metrics_server: Any = None
-
-    def _load(self, path: Path) -> Model:
-        model = Model.load(path, self.settings.runtime)
-        batch_size = metrics.BATCH_SIZE.labels(model.name, str(model.version))
-        inference = metrics.INFERENCE_DURATION.labels(model.name)
-
-        def observe_batch(images: int, seconds: float) -> None:
-            batch_size.observe(images)
-            inference.observe(seconds)
-
-        model.batcher = Batcher(
-            lambda pixels: model.predict(pixels),  # late-bound: predict can be swapped
-            self._executor,
-            max_batch_size=self.settings.max_batch_size,
-            max_batch_delay_s=self.settings.max_batch_delay_ms / 1000,
-            max_concurrent_batches=self.settings.inference_threads,
-            inline_max_images=self.settings.inline_max_images if model.runtime == "numpy" else 0,
-            max_queued=self.settings.max_queued_requests,
-            name=f"model {model.name!r} version {model.version}",
-            observe_batch=observe_batch,
-            observe_wait=metrics.QUEUE_WAIT.labels(model.name).observe,
-            observe_drop=lambda reason: metrics.DROPPED.labels(model.name, reason).inc(),
-        )
-        return model
 
     async def start(self) -> int:
         """Bind and start answering (health NOT_SERVING), load every model, then report SERVING.
@@ -107,23 +87,20 @@ class Server:
                 ("grpc.server.max_pending_requests_hard_limit", self.settings.max_pending_requests),
             ],
         )
-        engine = Engine(
-            self.repository,
-            self._executor,
-            self.settings.max_images,
-            size,
-            self.settings.max_concurrent_requests,
-        )
-        add_to_server(ConvServeServicer(engine), server)
-        add_service(
-            InferenceServicer(engine, self.change_repository),
-            v2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-            server,
+        boundary = Boundary(self.settings.max_concurrent_requests)
+        servicer.add_to_server(servicer.ConvServeServicer(self.engine), server, boundary)
+        inference.add_to_server(
+            inference.InferenceServicer(self.engine, self.change_repository), server, boundary
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.settings.reflection:
             reflection.enable_server_reflection(
-                [SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
+                [
+                    SERVICE_NAME,
+                    inference.SERVICE_NAME,
+                    health.SERVICE_NAME,
+                    reflection.SERVICE_NAME,
+                ],
                 server,
             )
         host = self.settings.host
@@ -186,7 +163,7 @@ class Server:
 
     async def _set_health(self, status: int) -> None:
         """The server's and both services' status (each model's is set by `_update_health`)."""
-        for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
+        for name in ("", SERVICE_NAME, inference.SERVICE_NAME):
             await self._health.set(name, status)
 
     def _tls_credentials(self) -> grpc.ServerCredentials | None:

@@ -8,17 +8,17 @@ from typing import Any
 import grpc
 import numpy as np
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
-from client.tensors import to_tensor
+from convserve.api.codec import layer_message, to_tensor
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from service.errors import InvalidInput
-from service.grpc.boundary import add_service, rpc
+from service.grpc.boundary import Boundary
 from service.grpc.engine import Engine
 from service.images import from_images, is_encoded
 from service.model import Model
 from service.repository import Repository
 
-__all__ = ["ConvServeServicer", "add_to_server", "layer_message", "metadata_message"]
+__all__ = ["ConvServeServicer", "add_to_server", "metadata_message"]
 
 DEFAULT_TOP_K = 3
 
@@ -29,7 +29,6 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @rpc
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
@@ -38,9 +37,8 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         if request.top_k < 0:
             raise InvalidInput(f"top_k must be >= 0 (0 means {DEFAULT_TOP_K}), got {request.top_k}")
         probabilities = await self.engine.predict(model, await self._pixels(request.images, model))
-        return model.encoder.encode(probabilities, request.top_k or DEFAULT_TOP_K)
+        return self.engine.encoder(model).encode(probabilities, request.top_k or DEFAULT_TOP_K)
 
-    @rpc
     async def FeatureMap(
         self, request: pb.FeatureMapRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FeatureMapResponse:
@@ -58,7 +56,6 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             pre_activations=to_tensor(pre) if pre is not None else None,
         )
 
-    @rpc
     async def Explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ExplainResponse:
@@ -83,7 +80,6 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             class_names=model.class_names,
         )
 
-    @rpc
     async def Filters(
         self, request: pb.FiltersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FiltersResponse:
@@ -97,14 +93,12 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             biases=to_tensor(biases) if biases is not None else None,
         )
 
-    @rpc
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelMetadata:
         model = self.engine.model(request.model.name, request.model.version)
         return metadata_message(model, self.engine.repository)
 
-    @rpc
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
@@ -127,9 +121,9 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         return from_images(images, model.input_shape, self.engine.max_images)
 
 
-def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server) -> None:
+def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server, boundary: Boundary) -> None:
     """Predict's answer is already wire bytes (`PredictEncoder`): passed through as they are."""
-    add_service(
+    boundary.add_service(
         servicer,
         pb.DESCRIPTOR.services_by_name["ConvServe"],
         server,
@@ -137,42 +131,21 @@ def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server) -> None:
     )
 
 
-def layer_message(layer: dict[str, Any]) -> pb.Layer:
-    """A metadata.json layer entry as a `Layer` message."""
-    message = pb.Layer(
-        name=layer["name"],
-        type=layer["type"],
-        input_shape=layer["input_shape"],
-        output_shape=layer["output_shape"],
-        parameters=layer["parameters"],
-    )
-    if layer["type"] == "Conv2D":
-        message.filters = layer["filters"]
-        message.kernel_size.extend(layer["kernel_size"])
-        message.strides.extend(layer["strides"])
-        message.padding = layer["padding"]
-        message.padding_amount.extend(np.ravel(layer["padding_amount"]).tolist())
-        message.dilation_rate.extend(layer["dilation_rate"])
-        message.activation = layer["activation"]
-    return message
-
-
 def metadata_message(model: Model, repository: Repository) -> pb.ModelMetadata:
     meta = model.metadata
-    evaluation = meta.get("evaluation", {})
     return pb.ModelMetadata(
         model=pb.ModelSpec(name=model.name, version=model.version),
         versions=repository.versions(model.name),
         class_names=model.class_names,
         input=pb.InputSpec(
-            name=meta["input"]["name"], shape=model.input_shape, dtype=pb.DATA_TYPE_FLOAT32
+            name=meta.input.name, shape=meta.input.shape, dtype=pb.DATA_TYPE_FLOAT32
         ),
-        preprocessing_scale=meta["preprocessing"]["scale"],
-        preprocessing_offset=meta["preprocessing"]["offset"],
-        layers=[layer_message(layer) for layer in meta["layers"]],
-        parameters=meta.get("parameters", 0),
-        test_accuracy=evaluation.get("test_accuracy", 0.0),
-        test_loss=evaluation.get("test_loss", 0.0),
-        created_at=meta.get("created_at", ""),
-        metadata_json=json.dumps(meta),
+        preprocessing_scale=meta.preprocessing.scale,
+        preprocessing_offset=meta.preprocessing.offset,
+        layers=[layer_message(layer) for layer in meta.layers],
+        parameters=meta.parameters,
+        test_accuracy=meta.evaluation.get("test_accuracy", 0.0),
+        test_loss=meta.evaluation.get("test_loss", 0.0),
+        created_at=meta.created_at,
+        metadata_json=json.dumps(meta.to_dict()),
     )

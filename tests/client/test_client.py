@@ -12,7 +12,7 @@ import pytest
 from client import Client
 from client.client import _health_request, _health_status, _images_message
 from client.errors import InvalidArgument, Unavailable, from_rpc_error
-from client.tensors import from_tensor
+from convserve.api.codec import from_tensor
 
 
 def test_integer_and_float64_pixels_are_converted() -> None:

@@ -20,7 +20,7 @@ ORDER = [*PERCENTILES, "max"]
 
 
 def _loadtest(target: str, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "client.cli", "loadtest", "--target", target, "--warmup", "0"]
+    command = [sys.executable, "-m", "convserve", "loadtest", "--target", target, "--warmup", "0"]
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=300, check=False
     )

@@ -35,7 +35,7 @@ def cluster(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    from training.data import load
+    from convserve.fashion_mnist import load
 
     return load("test", limit=256).images
 

@@ -75,8 +75,8 @@ def _route_for(path: str, routes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_envoy_retries_every_idempotent_rpc_and_nothing_else() -> None:
-    from client._pb.convserve.v1 import convserve_pb2
-    from client._pb.inference import grpc_predict_v2_pb2
+    from convserve.api.pb.convserve.v1 import convserve_pb2
+    from convserve.api.pb.inference import grpc_predict_v2_pb2
 
     config = yaml.safe_load((DEPLOY / "envoy.yaml").read_text())
     (listener,) = config["static_resources"]["listeners"]

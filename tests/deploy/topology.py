@@ -137,7 +137,7 @@ def running(models_dir: Path, workdir: Path, replicas: int = 3) -> Iterator[Clus
         for index in range(replicas):
             port, metrics_port = free_port(), free_port()
             command = [
-                sys.executable, "-m", "client.cli", "serve", "--host", "127.0.0.1",
+                sys.executable, "-m", "convserve", "serve", "--host", "127.0.0.1",
                 "--port", str(port), "--metrics-host", "127.0.0.1",
                 "--metrics-port", str(metrics_port), "--models-dir", str(models_dir),
                 "--default-model", "fashion", "--log-format", "json",

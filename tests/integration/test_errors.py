@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from client import Client
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
-from client.tensors import to_tensor
+from convserve.api.codec import to_tensor
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from tests.conftest import MAX_IMAGES
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

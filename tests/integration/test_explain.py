@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from client import AsyncClient, Client
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
-from client._pb.inference import grpc_predict_v2_pb2 as v2
-from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from client.errors import InvalidArgument, NotFound
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
+from convserve.api.pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from convserve.fashion_mnist import Dataset
 from tests.integration.test_v2 import infer_request
 from tests.integration.test_v2 import output as output_array
-from training.data import Dataset
 
 
 def _keras(models_dir: Path, name: str) -> Any:

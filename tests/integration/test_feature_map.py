@@ -9,7 +9,7 @@ import pytest
 
 from client import Client
 from client.errors import InvalidArgument, NotFound
-from training.data import Dataset
+from convserve.fashion_mnist import Dataset
 from training.reference import conv2d
 
 

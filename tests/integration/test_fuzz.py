@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client import Client
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client._pb.inference import grpc_predict_v2_pb2 as v2
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
 from tests.conftest import free_port
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
@@ -44,7 +44,7 @@ def fuzzed(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = tmp_path_factory.mktemp("fuzz") / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "convserve", "serve", "--host", "127.0.0.1",
              "--port", str(port), "--metrics-port", "-1", "--models-dir", str(models_dir),
              "--default-model", "fashion", "--max-message-bytes", str(4 << 20)],
             stdout=out, stderr=subprocess.STDOUT,

@@ -19,8 +19,8 @@ import pytest
 
 from client import AsyncClient, Client
 from client.errors import ConvserveError
+from convserve.fashion_mnist import Dataset
 from tests.conftest import RunningServer, serving
-from training.data import Dataset
 
 
 def publish(root: Path, version: int, *, corrupt: bool = False) -> Path:
@@ -113,7 +113,7 @@ def test_unload_and_load_through_v2_and_the_cli(
     reloading: tuple[RunningServer, Path], test_images: Dataset
 ) -> None:
     server, _ = reloading
-    cli = [sys.executable, "-m", "client.cli", "models", "--target", server.target]
+    cli = [sys.executable, "-m", "convserve", "models", "--target", server.target]
     done = subprocess.run([*cli, "unload", "fashion"], capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (0, "unloaded fashion")
     with Client(server.target) as client:
@@ -135,8 +135,8 @@ def test_unload_and_load_through_v2_and_the_cli(
 def test_a_broken_model_at_start_up_is_reported_and_the_others_serve(
     models_dir: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from client._pb.inference import grpc_predict_v2_pb2 as v2
-    from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+    from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
+    from convserve.api.pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
     from service.settings import Settings
 
     root = tmp_path / "models"

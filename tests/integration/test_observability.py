@@ -8,10 +8,10 @@ from typing import Any
 import grpc
 import pytest
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from client.client import predict_request
-from training.data import Dataset
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from convserve.fashion_mnist import Dataset
 
 
 def metric(text: str, name: str) -> float:

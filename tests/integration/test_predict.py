@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from client import AsyncClient, Client
-from training.data import Dataset
+from convserve.fashion_mnist import Dataset
 from training.train import preprocess
 
 

@@ -172,7 +172,7 @@ def test_the_command_line_speaks_tls_and_tokens(models_dir: Path, pki: dict[str,
                          auth_tokens=f"{INFERENCE_TOKEN}:inference")  # fmt: skip
     with serving(settings) as server:
         done = subprocess.run(
-            [sys.executable, "-m", "client.cli", "models", "--target", server.target,
+            [sys.executable, "-m", "convserve", "models", "--target", server.target,
              "--ca-cert", str(pki["ca"]), "--token", INFERENCE_TOKEN],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip

@@ -67,7 +67,7 @@ def serve_process(models_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str
     port = free_port()
     env = {**os.environ, "CONVSERVE_DEFAULT_MODEL": "fashion"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "convserve", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--metrics-port", "-1", "--models-dir", str(models_dir), "--log-format", "json",
          "--access-log", "true"],
         stderr=subprocess.PIPE, text=True, env=env,
@@ -88,7 +88,7 @@ def serve_process(models_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client.cli", *args],
+        [sys.executable, "-m", "convserve", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -99,7 +99,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_against_a_served_process(serve_process, tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from training.data import load
+    from convserve.fashion_mnist import load
 
     _, target = serve_process
     health = _cli("health", "--target", target)
@@ -151,8 +151,8 @@ def test_cli_against_a_served_process(serve_process, tmp_path: Path) -> None:
 
 
 def test_access_log_and_sigterm(serve_process) -> None:
-    from client._pb.convserve.v1 import convserve_pb2 as pb
-    from client._pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+    from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+    from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 
     process, target = serve_process
     with grpc.insecure_channel(target) as channel:

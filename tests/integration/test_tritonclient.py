@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from client import Client
+from convserve.fashion_mnist import Dataset
 from tests.integration.descriptors import fields
-from training.data import Dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = 64
@@ -35,7 +35,7 @@ def triton(server: Any) -> dict[str, Any]:
 
 
 def test_our_proto_has_the_protocols_field_numbers(triton: dict[str, Any]) -> None:
-    from client._pb.inference import grpc_predict_v2_pb2 as v2
+    from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
 
     ours = {
         name: entry

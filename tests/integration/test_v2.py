@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from client import Client
-from client._pb.inference import grpc_predict_v2_pb2 as v2
-from client._pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from training.data import Dataset
+from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
+from convserve.api.pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from convserve.fashion_mnist import Dataset
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from convserve.fashion_mnist import load
 from tests.integration.descriptors import fields
-from training.data import load
 
 
 def images_input(images: np.ndarray, datatype: str) -> Any:

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batching import DEADLINE, Batcher
+from service.batching import Batcher
+from service.calls import DEADLINE
 from service.errors import DeadlineExceeded, ResourceExhausted
 
 

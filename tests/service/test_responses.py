@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client.tensors import to_tensor
+from convserve.api.codec import to_tensor
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from service.responses import PredictEncoder
 
 NAMES = (*(f"class {i}" for i in range(12)), "Ankle boot", "T-shirt/top", "ünïcode")

@@ -11,6 +11,7 @@ from service.errors import ModelLoadError
 from service.model import Model
 from service.runtime import CHUNK_IMAGES, NumpyRuntime, Unsupported
 from training.model import PRESETS, ConvLayer, ModelConfig, build_model
+from training.train import describe_layers
 
 
 def _randomized(config: ModelConfig, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -47,7 +48,7 @@ CONFIGS = {
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_numpy_runtime_matches_keras(name: str) -> None:
     model = _randomized(CONFIGS[name])
-    runtime = NumpyRuntime.compile(model, scale=1 / 255, offset=0.0)
+    runtime = NumpyRuntime.compile(model, 1 / 255, 0.0, tuple(describe_layers(model)))
     pixels = (np.random.default_rng(1).random((CHUNK_IMAGES + 3, 28, 28, 1)) * 255).astype(
         np.float32
     )
@@ -61,7 +62,7 @@ def test_numpy_runtime_matches_keras(name: str) -> None:
 def test_unsupported_layers_are_named() -> None:
     model = _randomized(ModelConfig(conv=(ConvLayer(4, 3, activation="gelu"),)))
     with pytest.raises(Unsupported, match="conv2d: activation 'gelu'"):
-        NumpyRuntime.compile(model, scale=1 / 255, offset=0.0)
+        NumpyRuntime.compile(model, 1 / 255, 0.0, tuple(describe_layers(model)))
 
 
 def test_auto_falls_back_to_tensorflow_and_numpy_refuses(tmp_path: Path) -> None:

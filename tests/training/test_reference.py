@@ -27,7 +27,7 @@ def test_2d_loop_finds_a_vertical_edge() -> None:
 
 
 def test_vectorised_matches_the_loop_on_a_real_image() -> None:
-    from training import data
+    from convserve import fashion_mnist as data
 
     image = data.load("test", limit=1).images[0].astype(float) / 255
     kernel = np.random.default_rng(0).normal(size=(3, 3))

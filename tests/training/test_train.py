@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import data, train
+from convserve import fashion_mnist
+from convserve.artifact import ArtifactError, sha256_file
+from training import train
 from training.model import PRESETS, ConfigError, ConvLayer, ModelConfig
 from training.reference import conv2d
 
@@ -44,7 +46,7 @@ def test_metadata_describes_the_model(exported: tuple[Path, train.TrainResult]) 
     assert meta["evaluation"]["test_examples"] == 500
     assert meta["parameters"] == result.model.count_params()
     assert meta["framework"]["tensorflow"] and meta["framework"]["keras"]
-    assert meta["model_file"]["sha256"] == train.sha256_file(path / "model.keras")
+    assert meta["model_file"]["sha256"] == sha256_file(path / "model.keras")
     conv = meta["layers"][0]
     assert conv == conv | {
         "name": "conv2d", "type": "Conv2D", "filters": 4, "kernel_size": [3, 3], "strides": [2, 2],
@@ -66,7 +68,9 @@ def test_reloaded_artifact_predicts_like_the_trained_model(
     import keras
 
     path, result = exported
-    images = train.preprocess(data.load("test", classes=result.class_names, limit=64).images)
+    images = train.preprocess(
+        fashion_mnist.load("test", classes=result.class_names, limit=64).images
+    )
     reloaded = keras.models.load_model(path / "model.keras", compile=False)
     np.testing.assert_allclose(
         reloaded.predict(images, verbose=0), result.model.predict(images, verbose=0), atol=1e-6
@@ -79,7 +83,7 @@ def test_first_conv_layer_computes_the_reference_convolution(
     import keras
 
     _, result = exported
-    images = train.preprocess(data.load("test", limit=8).images)
+    images = train.preprocess(fashion_mnist.load("test", limit=8).images)
     conv = result.model.get_layer("conv2d")
     kernel, bias = conv.get_weights()
     activations = keras.Model(result.model.input, conv.output).predict(images, verbose=0)
@@ -114,7 +118,7 @@ def test_failed_export_leaves_no_version(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_bad_model_name_is_rejected_before_training(tmp_path: Path) -> None:
-    with pytest.raises(train.ExportError, match=r"model name '\.\./x'"):
+    with pytest.raises(ArtifactError, match=r"model name '\.\./x'"):
         train.train(SMALL, name="../x", models_dir=tmp_path)
 
 
@@ -122,12 +126,8 @@ def test_padding_and_dilation_are_recorded(tmp_path: Path) -> None:
     stack = (ConvLayer(2, 4, padding="same"), ConvLayer(2, 3, dilation_rate=2))
     config = SMALL.replace(train_limit=200, test_limit=100, model=ModelConfig(conv=stack))
     layers = train.describe_layers(train.fit(config, verbose=0).model)
-    assert layers[0]["padding_amount"] == [[1, 2], [1, 2]] and layers[0]["output_shape"] == [
-        28,
-        28,
-        2,
-    ]
-    assert layers[1]["dilation_rate"] == [2, 2] and layers[1]["output_shape"] == [24, 24, 2]
+    assert layers[0].padding_amount == (1, 2, 1, 2) and layers[0].output_shape == (28, 28, 2)
+    assert layers[1].dilation_rate == (2, 2) and layers[1].output_shape == (24, 24, 2)
 
 
 def test_evaluation_report(exported: tuple[Path, train.TrainResult]) -> None:

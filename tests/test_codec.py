@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
-from client.tensors import TensorError, from_tensor, to_tensor
+from convserve.api.codec import TensorError, from_tensor, to_tensor
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 
 
 @pytest.mark.parametrize("dtype", ["<u1", "<f4", ">f4"])

@@ -1,8 +1,9 @@
 """PNG pictures of what a model computes: feature maps, Grad-CAM overlays, conv filters.
 
-Drawn with matplotlib (the `plots` extra), never TensorFlow. Every function takes the
-arrays the client returns and writes one PNG; its caption names the layer and, for conv
-layers, the kernel, padding, strides and dilation that gave the output its size.
+Drawn with matplotlib (the `plots` extra), never TensorFlow: the client's commands and the
+training report both draw with it. Every function takes the arrays the client returns and
+writes one PNG; its caption names the layer and, for conv layers, the kernel, padding,
+strides and dilation that gave the output its size.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import math
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from client.client import Layer
+from convserve.artifact import Layer
 
 __all__ = ["MAX_TILES", "explain_png", "feature_map_png", "filters_png", "layer_caption", "pyplot"]
 

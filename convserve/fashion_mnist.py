@@ -1,4 +1,8 @@
-"""Fashion-MNIST from local IDX files: Debian's dataset-fashion-mnist or the Keras cache."""
+"""Fashion-MNIST from local IDX files: Debian's dataset-fashion-mnist or the Keras cache.
+
+numpy only, in the core: training fits on it, the client's commands and load tests send its
+test images.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""numpy ⇄ `convserve.v1.Tensor`: the one codec the client and the server both use."""
+"""numpy ⇄ `convserve.v1.Tensor` and `artifact.Layer` ⇄ `convserve.v1.Layer`: the one codec
+the client and the server both use."""
 
 from __future__ import annotations
 
@@ -6,9 +7,18 @@ import math
 
 import numpy as np
 
-from client._pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.artifact import Layer
 
-__all__ = ["DTYPES", "TensorError", "dtype_name", "from_tensor", "to_tensor"]
+__all__ = [
+    "DTYPES",
+    "TensorError",
+    "dtype_name",
+    "from_layer_message",
+    "from_tensor",
+    "layer_message",
+    "to_tensor",
+]
 
 # Wire dtypes and their little-endian numpy equivalents.
 DTYPES: dict[pb.DataType, np.dtype[np.generic]] = {
@@ -63,3 +73,34 @@ def from_tensor(tensor: pb.Tensor) -> np.ndarray:
         return np.frombuffer(tensor.content, dtype=dtype).reshape(shape)
     except ValueError as exc:  # e.g. a zero dimension beside huge ones
         raise TensorError(f"tensor shape {list(shape)}: {exc}") from None
+
+
+def layer_message(layer: Layer) -> pb.Layer:
+    """A layer as the wire's `Layer` (convolution fields for Conv2D layers only)."""
+    message = pb.Layer(
+        name=layer.name,
+        type=layer.type,
+        input_shape=layer.input_shape,
+        output_shape=layer.output_shape,
+        parameters=layer.parameters,
+    )
+    if layer.is_conv:
+        message.filters = layer.filters
+        message.kernel_size.extend(layer.kernel_size)
+        message.strides.extend(layer.strides)
+        message.padding = layer.padding
+        message.padding_amount.extend(layer.padding_amount)
+        message.dilation_rate.extend(layer.dilation_rate)
+        message.activation = layer.activation
+    return message
+
+
+def from_layer_message(message: pb.Layer) -> Layer:
+    return Layer(
+        name=message.name, type=message.type, input_shape=tuple(message.input_shape),
+        output_shape=tuple(message.output_shape), parameters=message.parameters,
+        filters=message.filters, kernel_size=tuple(message.kernel_size),
+        strides=tuple(message.strides), padding=message.padding,
+        padding_amount=tuple(message.padding_amount),
+        dilation_rate=tuple(message.dilation_rate), activation=message.activation,
+    )  # fmt: skip

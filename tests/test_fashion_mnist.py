@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import data
+from convserve import fashion_mnist as data
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from client import Layer
-from client.pictures import explain_png, feature_map_png, filters_png, layer_caption
+from convserve.artifact import Layer
+from convserve.pictures import explain_png, feature_map_png, filters_png, layer_caption
 
 # conv2d_1 of a stack: 14x14x6 → 7x7x8 with "same" padding, stride 2 and a 5x5 kernel.
 CONV = Layer(

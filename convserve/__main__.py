@@ -1,0 +1,7 @@
+"""`python -m convserve`: the `convserve` command."""
+
+import sys
+
+from convserve.cli import main
+
+sys.exit(main())

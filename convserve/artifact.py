@@ -1,0 +1,409 @@
+"""What a model artifact is: MODELS_DIR/NAME/VERSION/ with its files and metadata.json.
+
+One owner for the format: the file names, the format version, the metadata schema as typed
+structures, the one writer (`publish`, used by training) and the one reader that validates
+(`read`, used by the server), and the sha256 of every file they name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "MODEL_FILE",
+    "ArtifactError",
+    "FileEntry",
+    "Layer",
+    "Metadata",
+    "Preprocessing",
+    "TensorSpec",
+    "check_name",
+    "publish",
+    "read",
+    "sha256_file",
+]
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+PREPROCESSING_DESCRIPTION = "callers send pixels 0..255; the model sees pixels * scale + offset"
+
+
+class ArtifactError(ValueError):
+    """An artifact that cannot be written or served: a bad name, a missing or changed file, a
+    metadata.json that is not this format. The message names the file and what was expected."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_name(name: str) -> None:
+    """Model names become directory names and API identifiers: keep them plain."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise ArtifactError(
+            f"model name {name!r}: expected 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a model; the convolution fields are set for Conv2D layers only."""
+
+    name: str
+    type: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    parameters: int
+    filters: int = 0
+    kernel_size: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    padding: str = ""
+    padding_amount: tuple[int, ...] = ()  # top, bottom, left, right
+    dilation_rate: tuple[int, ...] = ()
+    activation: str = ""
+
+    @property
+    def is_conv(self) -> bool:
+        return self.type == "Conv2D"
+
+    def describe(self) -> str:
+        """One line, e.g. `conv2d Conv2D(10) 28x28x1 → 26x26x10, kernel 3x3, strides 1x1, ...`."""
+        shapes = f"{'x'.join(map(str, self.input_shape))} → {'x'.join(map(str, self.output_shape))}"
+        if not self.is_conv:
+            return f"{self.name} {self.type} {shapes}"
+        pairs = {
+            "kernel": self.kernel_size,
+            "strides": self.strides,
+            "dilation": self.dilation_rate,
+        }
+        parts = [f"{key} {'x'.join(map(str, value))}" for key, value in pairs.items()]
+        return (
+            f"{self.name} Conv2D({self.filters}) {shapes}, {', '.join(parts)}, "
+            f"padding {self.padding} {list(self.padding_amount)}, activation {self.activation}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "parameters": self.parameters,
+        }
+        if self.is_conv:
+            top, bottom, left, right = self.padding_amount
+            entry |= {
+                "filters": self.filters,
+                "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides),
+                "padding": self.padding,
+                "padding_amount": [[top, bottom], [left, right]],
+                "dilation_rate": list(self.dilation_rate),
+                "activation": self.activation,
+            }
+        return entry
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any], where: str) -> Layer:
+        fields = _Fields(entry, where)
+        layer = cls(
+            name=fields.get("name", str),
+            type=fields.get("type", str),
+            input_shape=fields.shape("input_shape"),
+            output_shape=fields.shape("output_shape"),
+            parameters=fields.get("parameters", int),
+        )
+        if not layer.is_conv:
+            return layer
+        return dataclasses.replace(
+            layer,
+            filters=fields.get("filters", int),
+            kernel_size=fields.shape("kernel_size", 2),
+            strides=fields.shape("strides", 2),
+            padding=fields.get("padding", str),
+            padding_amount=tuple(
+                fields.shape("padding_amount", 2, item=lambda pair: _pair(pair, where))
+            ),
+            dilation_rate=fields.shape("dilation_rate", 2),
+            activation=fields.get("activation", str),
+        )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: its name, shape without the batch dimension, dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any], where: str) -> TensorSpec:
+        fields = _Fields(entry, where)
+        return cls(fields.get("name", str), fields.shape("shape"), fields.get("dtype", str))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Callers send pixels 0..255; the model sees pixels · scale + offset."""
+
+    scale: float
+    offset: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "description": PREPROCESSING_DESCRIPTION,
+            "scale": self.scale,
+            "offset": self.offset,
+        }
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any], where: str) -> Preprocessing:
+        fields = _Fields(entry, where)
+        return cls(fields.get("scale", float), fields.get("offset", float))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of the artifact, relative to its directory, with its sha256 and size."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileEntry:
+        return cls(path.name, sha256_file(path), path.stat().st_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "bytes": self.bytes}
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any], where: str) -> FileEntry:
+        fields = _Fields(entry, where)
+        return cls(fields.get("path", str), fields.get("sha256", str), fields.get("bytes", int))
+
+    def verify(self, directory: Path) -> Path:
+        """The file's path, once its sha256 is the recorded one."""
+        path = directory / self.path
+        if not path.is_file():
+            raise ArtifactError(f"{path}: file not found (metadata.json names it)")
+        digest = sha256_file(path)
+        if digest != self.sha256:
+            raise ArtifactError(
+                f"{path}: sha256 {digest} differs from metadata.json's {self.sha256} "
+                "(a partial copy or a replaced file)"
+            )
+        return path
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """metadata.json: what a server needs to serve the model and a person needs to trust it.
+
+    `training`, `evaluation` and `framework` are free-form records of how the model came to
+    be; everything else is checked when it is read.
+    """
+
+    name: str
+    version: int
+    classes: tuple[str, ...]
+    input: TensorSpec
+    output: TensorSpec
+    preprocessing: Preprocessing
+    model_file: FileEntry
+    layers: tuple[Layer, ...]
+    parameters: int
+    created_at: str
+    training: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    framework: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "created_at": self.created_at,
+            "classes": list(self.classes),
+            "input": self.input.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "output": self.output.to_dict(),
+            "training": self.training,
+            "evaluation": self.evaluation,
+            "parameters": self.parameters,
+            "framework": self.framework,
+            "model_file": self.model_file.to_dict(),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> Metadata:
+        fields = _Fields(data, where)
+        version = fields.get("format_version", int)
+        if version != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{where}: format_version {version}, this convserve reads {FORMAT_VERSION}"
+            )
+        metadata = cls(
+            name=fields.get("name", str),
+            version=fields.get("version", int),
+            classes=tuple(fields.get("classes", list)),
+            input=TensorSpec.from_dict(fields.get("input", dict), f"{where}: input"),
+            output=TensorSpec.from_dict(fields.get("output", dict), f"{where}: output"),
+            preprocessing=Preprocessing.from_dict(
+                fields.get("preprocessing", dict), f"{where}: preprocessing"
+            ),
+            model_file=FileEntry.from_dict(fields.get("model_file", dict), f"{where}: model_file"),
+            layers=tuple(
+                Layer.from_dict(entry, f"{where}: layers[{index}]")
+                for index, entry in enumerate(fields.get("layers", list))
+            ),
+            parameters=int(data.get("parameters", 0)),
+            created_at=str(data.get("created_at", "")),
+            training=dict(data.get("training", {})),
+            evaluation=dict(data.get("evaluation", {})),
+            framework=dict(data.get("framework", {})),
+        )
+        if len(metadata.input.shape) != 3 or min(metadata.input.shape) < 1:
+            raise ArtifactError(
+                f"{where}: input.shape {list(metadata.input.shape)}, expected [height, width, "
+                "channels] of positive integers"
+            )
+        if len(metadata.classes) < 2 or not all(isinstance(c, str) for c in metadata.classes):
+            raise ArtifactError(f"{where}: classes must be at least 2 names")
+        if metadata.output.shape != (len(metadata.classes),):
+            raise ArtifactError(
+                f"{where}: output.shape {list(metadata.output.shape)} does not match the "
+                f"{len(metadata.classes)} classes"
+            )
+        return metadata
+
+
+class _Fields:
+    """Typed access to one JSON object, with errors that name the file and the field."""
+
+    def __init__(self, data: Mapping[str, Any], where: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ArtifactError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        self.data, self.where = data, where
+
+    def get(self, key: str, kind: type) -> Any:
+        if key not in self.data:
+            raise ArtifactError(f"{self.where}: missing {key!r}")
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ArtifactError(
+                f"{self.where}: {key} is {value!r}, expected a JSON {_JSON_NAMES[kind]}"
+            )
+        return value
+
+    def shape(
+        self, key: str, length: int | None = None, item: Callable[[Any], Any] | None = None
+    ) -> tuple[Any, ...]:
+        values = self.get(key, list)
+        if length is not None and len(values) != length:
+            raise ArtifactError(f"{self.where}: {key} {values} has not {length} entries")
+        if item is not None:
+            return tuple(part for value in values for part in item(value))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ArtifactError(f"{self.where}: {key} {values}, expected non-negative integers")
+        return tuple(values)
+
+
+_JSON_NAMES = {str: "string", int: "integer", float: "number", list: "array", dict: "object"}
+
+
+def _pair(value: Any, where: str) -> tuple[int, int]:
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise ArtifactError(f"{where}: padding_amount entry {value!r}, expected [before, after]")
+    return value[0], value[1]
+
+
+def read(directory: Path) -> Metadata:
+    """The validated metadata of MODELS_DIR/NAME/VERSION, whose files are what it records."""
+    path = directory / METADATA_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot read it: {exc}") from exc
+    metadata = Metadata.from_dict(data, str(path))
+    if str(metadata.version) != directory.name or metadata.name != directory.parent.name:
+        raise ArtifactError(
+            f"{path}: describes {metadata.name} version {metadata.version}, "
+            f"but lives in {directory.parent.name}/{directory.name}"
+        )
+    metadata.model_file.verify(directory)
+    return metadata
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _next_version(model_root: Path) -> int:
+    versions = [int(p.name) for p in model_root.iterdir() if p.name.isdigit() and p.is_dir()]
+    return max(versions, default=0) + 1
+
+
+def publish(
+    models_dir: str | os.PathLike[str], name: str, build: Callable[[Path, int], Metadata]
+) -> Path:
+    """Write MODELS_DIR/NAME/VERSION (the next integer version) and return its path.
+
+    `build(directory, version)` writes the model's files into `directory` and returns their
+    metadata; `publish` writes metadata.json. Everything goes into a hidden staging directory
+    that is renamed into place, so a crash never leaves a half-written version and a server
+    never sees one. If another writer takes the version first, `build` runs again.
+    """
+    check_name(name)
+    model_root = Path(models_dir) / name
+    model_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_root))
+    try:
+        while True:
+            version = _next_version(model_root)
+            metadata = build(staging, version)
+            metadata_path = staging / METADATA_FILE
+            metadata_path.write_text(json.dumps(metadata.to_dict(), indent=2) + "\n")
+            for path in (*staging.iterdir(), staging):
+                if path.is_file() or path == staging:
+                    _fsync(path)
+            target = model_root / str(version)
+            try:
+                os.rename(staging, target)  # fails if another writer took this version
+            except OSError:
+                if not target.exists():
+                    raise
+                continue
+            _fsync(model_root)
+            return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
