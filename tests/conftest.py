@@ -25,6 +25,17 @@ CAM_SPEC = ("6:3:same,pool=2", "8:3:same")
 MAX_IMAGES = 2000
 
 
+TIERS = ("unit", "integration", "deploy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test without a tier mark gets its folder's: integration/, deploy/, else unit."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            folder = item.path.parent.name
+            item.add_marker(folder if folder in TIERS else "unit")
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`fashion` (small preset, 10 classes), `layers` (three convs) and `cam` (global average
@@ -91,14 +102,15 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 @contextlib.contextmanager
-def serving(settings: Any) -> Iterator[RunningServer]:
-    """A real `Server` with `settings`, on its own event loop in a thread, until the block ends."""
+def serving(settings: Any, load_model: Any = None) -> Iterator[RunningServer]:
+    """A real `Server` with `settings` (and `load_model`, see `Server`), on its own event loop
+    in a thread, until the block ends."""
     from service.grpc.server import Server
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
     thread.start()
-    instance = Server(settings)
+    instance = Server(settings, load_model=load_model)
     port = asyncio.run_coroutine_threadsafe(instance.start(), loop).result(timeout=300)
     try:
         yield RunningServer(f"127.0.0.1:{port}", instance, loop)
@@ -123,6 +135,6 @@ def server(models_dir: Path) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="session")
 def test_images() -> Any:
-    from training import data
+    from convserve import fashion_mnist
 
-    return data.load("test")
+    return fashion_mnist.load("test")

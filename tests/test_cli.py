@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from client.cli import main
+
+from convserve.cli import main
 
 
 def test_train_command_exports_a_model(tmp_path: Path) -> None:
@@ -17,7 +18,7 @@ def test_train_command_exports_a_model(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "client.cli",
+            "convserve",
             "train",
             "--preset",
             "small",

@@ -12,10 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.unit
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("convserve", "client", "service", "training")
 # What each package may import of the others: the core stands alone, the rest stand on it.

@@ -1,4 +1,5 @@
-"""The public surface of each package, and the client's promise not to need TensorFlow."""
+"""The public surface of each package, and what each command loads: the client never needs
+TensorFlow, and `convserve health` (the container's health check) loads no server code."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 import pytest
 
 PUBLIC = {
-    "training": ["data", "model", "plan", "reference", "report", "train"],
+    "convserve": ["api", "artifact", "cli", "fashion_mnist", "pictures"],
+    "training": ["commands", "model", "plan", "reference", "report", "train"],
     "service": ["errors", "grpc", "images", "main", "metrics", "model", "repository", "settings"],
     "client": [
         "AsyncClient", "ClassScore", "Client", "ConvserveError", "ExplainResult",
@@ -19,11 +21,13 @@ PUBLIC = {
 }  # fmt: skip
 
 MODULES = [
-    "client.client", "client.errors", "client.tensors", "service.errors", "service.images",
-    "service.metrics", "service.model", "service.repository", "service.settings",
-    "service.grpc.server", "service.grpc.servicer", "service.grpc.boundary",
-    "training.data", "training.model", "training.reference", "training.train",
-    "training.plan", "training.report", "client.pictures",
+    "convserve.api.codec", "convserve.artifact", "convserve.cli", "convserve.fashion_mnist",
+    "convserve.pictures", "client.client", "client.commands", "client.errors", "client.loadtest",
+    "service.calls", "service.errors", "service.images", "service.main", "service.metrics",
+    "service.model", "service.repository", "service.settings", "service.grpc.boundary",
+    "service.grpc.engine", "service.grpc.inference", "service.grpc.server",
+    "service.grpc.servicer", "training.commands", "training.model", "training.plan",
+    "training.reference", "training.report", "training.train",
 ]  # fmt: skip
 
 
@@ -40,14 +44,40 @@ def test_every_name_in_all_exists(module: str) -> None:
         assert hasattr(imported, name), f"{module}.{name}"
 
 
-def test_client_and_cli_help_do_not_import_tensorflow() -> None:
-    code = (
-        "import sys, client, client.cli, client.tensors, client.errors\n"
-        "try:\n    client.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
-    )
+def _loaded_after(code: str) -> dict[str, bool]:
+    """Which heavy modules a fresh interpreter has loaded after running `code`."""
+    heavy = ("tensorflow", "keras", "pydantic_settings", "service", "training")
+    script = f"import sys\n{code}\nprint([m in sys.modules for m in {heavy!r}])"
     completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
     )
-    assert completed.stdout.strip().splitlines()[-1] == "False False"
-    assert "train" in completed.stdout
+    flags = eval(completed.stdout.strip().splitlines()[-1])  # a printed list of booleans
+    return dict(zip(heavy, flags, strict=True)) | {"output": completed.stdout}
+
+
+def test_help_lists_every_command_without_tensorflow() -> None:
+    loaded = _loaded_after(
+        "from convserve.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    )
+    assert not loaded["tensorflow"] and not loaded["keras"]
+    for command in ("train", "serve", "predict", "featuremap", "explain", "health", "loadtest"):
+        assert command in loaded["output"]
+
+
+def test_health_loads_neither_the_server_nor_training() -> None:
+    """The container's HEALTHCHECK runs it every 10 s: nothing but the client library."""
+    loaded = _loaded_after(
+        "from convserve.cli import main\n"
+        "print('exit', main(['health', '--target', '127.0.0.1:9', '--timeout', '0.1']))"
+    )
+    assert "exit 2" in loaded["output"]  # it ran: no server there
+    assert not any(loaded[m] for m in ("tensorflow", "pydantic_settings", "service", "training"))
+
+
+def test_python_dash_m_convserve_runs_the_command() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "convserve", "health", "--target", "127.0.0.1:9", "--timeout",
+         "0.1"], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("convserve health: error: ")

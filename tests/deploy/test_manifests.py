@@ -39,9 +39,9 @@ def _k8s(kind: str, name: str) -> dict[str, Any]:
 
 def _serve_args(args: list[str]) -> None:
     """`convserve serve` accepts these flags (argparse exits on an unknown one)."""
-    from client.cli import build_parser
+    from convserve.cli import build_parser
 
-    build_parser().parse_args(["serve", *args])
+    build_parser(["serve"]).parse_args(["serve", *args])
 
 
 def _settings_env(env: dict[str, str]) -> None:

@@ -12,6 +12,7 @@ import pytest
 from service.errors import ResourceExhausted, Unavailable
 from service.grpc.engine import Engine
 from service.repository import Repository
+from service.settings import Settings
 
 
 async def test_feature_maps_too_big_for_one_message_are_refused_before_computing(
@@ -19,13 +20,14 @@ async def test_feature_maps_too_big_for_one_message_are_refused_before_computing
 ) -> None:
     computed: list[int] = []
     model = SimpleNamespace(
-        layers={"conv2d": {"output_shape": [26, 26, 10]}},
+        layers={"conv2d": SimpleNamespace(output_shape=(26, 26, 10))},
         check_layer=lambda layer: None,
         feature_map=lambda pixels, layer, pre_activation: computed.append(len(pixels)),
     )
     pixels = np.zeros((30, 28, 28, 1), np.float32)
     with ThreadPoolExecutor(1) as executor:
-        engine = Engine(Repository(tmp_path), executor, 4096, 1024 * 1024)
+        settings = Settings(models_dir=tmp_path, max_message_bytes=1024 * 1024)
+        engine = Engine(Repository(tmp_path), executor, settings)
         await engine.feature_map(model, "conv2d", pixels)  # type: ignore[arg-type]  # 811 KB
         with pytest.raises(
             ResourceExhausted, match=r"over the 1048576-byte message limit .* at most 18 images"
