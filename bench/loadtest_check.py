@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common import start_ceiling, start_convserve, stop
-from run import Case, _request_file, h2load
+from run import Case, h2load, request_file
 
 
 def loadtest(target: str, seconds: float, *args: str) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def main() -> None:
             references, runs = [], []
             with tempfile.TemporaryDirectory() as tmp:
                 case = Case("c1", "uint8", images, 1, 1)
-                body = _request_file(case, Path(tmp))
+                body = request_file(case, Path(tmp))
                 for _ in range(args.rounds):
                     log = Path(tmp) / "log"
                     references.append(h2load(target, case, body, args.seconds, log))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from common import rss_mb, start_convserve
-from run import PATH, Case, _request_file, h2load
+from run import PATH, Case, h2load, request_file
 
 CLIENTS = 8
 
@@ -63,7 +63,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             case = Case("sustainable", "uint8", args.images, 4, 16)
-            body = _request_file(case, Path(tmp))
+            body = request_file(case, Path(tmp))
             start = _codes(metrics_port)
             sustainable = h2load(target, case, body, args.seconds, Path(tmp) / "log")
             rss_before, before = rss_mb(process.pid), _codes(metrics_port)

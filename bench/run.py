@@ -63,7 +63,7 @@ class Result:
     errors: int
 
 
-def _request_file(case: Case, directory: Path) -> Path:
+def request_file(case: Case, directory: Path) -> Path:
     images = load("test", limit=case.images).images.astype(case.dtype)
     path = directory / f"{case.dtype}-{case.images}.bin"
     path.write_bytes(grpc_frame(predict_request(images, None, None, 3).SerializeToString()))
@@ -166,7 +166,7 @@ def main() -> None:
             directory = Path(tmp)
             log = directory / "h2load.log"
             for case in CASES:
-                body = _request_file(case, directory)
+                body = request_file(case, directory)
                 ceiling_runs, convserve_runs = [], []
                 for round_ in range(args.rounds):  # alternating, so drift hits both alike
                     ceiling_runs.append(h2load(ceiling_target, case, body, args.seconds, log))

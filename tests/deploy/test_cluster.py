@@ -33,6 +33,20 @@ def cluster(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield started
 
 
+@pytest.fixture(autouse=True)
+def every_replica_serving(cluster: Cluster) -> None:
+    """Each test starts with every replica up and healthy in Envoy, whatever ran before it
+    (an earlier test may have stopped one)."""
+    for replica in cluster.replicas:
+        if replica.process.poll() is not None:
+            replica.start()
+    wait_until(
+        lambda: cluster.healthy_replicas() == len(cluster.replicas),
+        "every replica healthy in Envoy",
+        120,
+    )
+
+
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     from convserve.fashion_mnist import load
@@ -139,12 +153,18 @@ def test_prometheus_counts_every_request_of_every_replica(
     print(f"\nPrometheus: {prometheus_total()} requests = {settled} + 520 sent in this test")
 
 
-def test_every_dashboard_query_has_data(cluster: Cluster) -> None:
+def test_every_dashboard_query_has_data(cluster: Cluster, images: np.ndarray) -> None:
     dashboard = json.loads((DEPLOY / "grafana/dashboards/convserve.json").read_text())
     queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    # A rate needs two scrapes of a series: the NOT_FOUND answers above may be one scrape old.
-    for query in (q.replace("$__rate_interval", "1m") for q in queries):
-        wait_until(lambda q=query: bool(cluster.query(q)), f"data for {query}", 10)
+    # Answers and failures for every panel, kept coming: a rate needs two scrapes of a series.
+    load = Load(cluster.target, images)
+    load.start()
+    Load(cluster.target, images, model="shoes").send(20)
+    try:
+        for query in (q.replace("$__rate_interval", "1m") for q in queries):
+            wait_until(lambda q=query: bool(cluster.query(q)), f"data for {query}", 30)
+    finally:
+        load.stop()
     per_replica = cluster.query(queries[0].replace("$__rate_interval", "1m"))
     assert len(per_replica) == len(cluster.replicas)
 

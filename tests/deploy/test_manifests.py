@@ -197,12 +197,16 @@ def test_dockerfile_runs_pinned_as_non_root_with_a_health_check(server: Any) -> 
     base = next(arg for op, arg in instructions if op == "ARG").split("=")[1]
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base
 
+    copied = set()
     for op, arg in instructions:
         if op == "COPY" and not arg.startswith("--from"):
             for source in arg.split()[:-1]:
                 assert (ROOT / source).exists(), source
+                copied.add(source)
         if op == "RUN" and "pip install" in arg:
             assert "--constraint constraints.txt" in arg  # the versions the tests ran with
+    # The server and the health check's client stand on the core alone: no training/.
+    assert {"convserve", "client", "service"} <= copied and "training" not in copied
 
     # The HEALTHCHECK's own command, aimed at a real server.
     command = json.loads(ops["HEALTHCHECK"].split(" CMD ", 1)[1])

@@ -133,15 +133,15 @@ def test_unexpected_exception_is_internal_with_a_generic_message(
 ) -> None:
     model = server.server.repository.get("fashion")
 
-    def broken(pixels: np.ndarray) -> np.ndarray:
+    def broken(*args: object, **kwargs: object) -> np.ndarray:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(model, "predict", broken)
+    monkeypatch.setattr(model, "feature_map", broken)
     with Client(server.target) as client, pytest.raises(Exception) as caught:
-        client.predict(GOOD)
+        client.feature_map(GOOD)
     assert caught.value.code == grpc.StatusCode.INTERNAL
     assert "secret" not in str(caught.value) and "server log" in str(caught.value)
     assert "secret detail" in caplog.text  # the traceback is in the server's log
     monkeypatch.undo()
     with Client(server.target) as client:
-        assert client.predict(GOOD).model == "fashion"
+        assert client.feature_map(GOOD).model == "fashion"
