@@ -139,9 +139,7 @@ class Layer:
             kernel_size=fields.shape("kernel_size", 2),
             strides=fields.shape("strides", 2),
             padding=fields.get("padding", str),
-            padding_amount=tuple(
-                fields.shape("padding_amount", 2, item=lambda pair: _pair(pair, where))
-            ),
+            padding_amount=_padding_amount(fields.get("padding_amount", list), where),
             dilation_rate=fields.shape("dilation_rate", 2),
             activation=fields.get("activation", str),
         )
@@ -321,14 +319,11 @@ class _Fields:
             )
         return value
 
-    def shape(
-        self, key: str, length: int | None = None, item: Callable[[Any], Any] | None = None
-    ) -> tuple[Any, ...]:
+    def shape(self, key: str, length: int | None = None) -> tuple[int, ...]:
+        """A list of non-negative integers (of `length` of them, if given)."""
         values = self.get(key, list)
         if length is not None and len(values) != length:
             raise ArtifactError(f"{self.where}: {key} {values} has not {length} entries")
-        if item is not None:
-            return tuple(part for value in values for part in item(value))
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             raise ArtifactError(f"{self.where}: {key} {values}, expected non-negative integers")
         return tuple(values)
@@ -337,10 +332,14 @@ class _Fields:
 _JSON_NAMES = {str: "string", int: "integer", float: "number", list: "array", dict: "object"}
 
 
-def _pair(value: Any, where: str) -> tuple[int, int]:
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
-        raise ArtifactError(f"{where}: padding_amount entry {value!r}, expected [before, after]")
-    return value[0], value[1]
+def _padding_amount(value: list[Any], where: str) -> tuple[int, ...]:
+    """[[top, bottom], [left, right]] → (top, bottom, left, right)."""
+    flat = [v for pair in value if isinstance(pair, list) and len(pair) == 2 for v in pair]
+    if len(value) != 2 or len(flat) != 4 or not all(isinstance(v, int) for v in flat):
+        raise ArtifactError(
+            f"{where}: padding_amount {value!r}, expected [[top, bottom], [left, right]]"
+        )
+    return tuple(flat)
 
 
 def read(directory: Path) -> Metadata:
@@ -393,9 +392,8 @@ def publish(
             metadata = build(staging, version)
             metadata_path = staging / METADATA_FILE
             metadata_path.write_text(json.dumps(metadata.to_dict(), indent=2) + "\n")
-            for path in (*staging.iterdir(), staging):
-                if path.is_file() or path == staging:
-                    _fsync(path)
+            for path in [*(p for p in staging.iterdir() if p.is_file()), staging]:
+                _fsync(path)
             target = model_root / str(version)
             try:
                 os.rename(staging, target)  # fails if another writer took this version
