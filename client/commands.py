@@ -218,12 +218,9 @@ def _load_images(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.fashion_mnist_test:
         if args.images:
             raise CommandError("give IMAGE files or --fashion-mnist-test, not both")
-        from convserve.fashion_mnist import DataError, load
+        from convserve.fashion_mnist import load  # its DataError is a one-line command error
 
-        try:
-            test = load("test", data_dir=args.data_dir, limit=args.fashion_mnist_test)
-        except DataError as exc:
-            raise CommandError(str(exc)) from exc
+        test = load("test", data_dir=args.data_dir, limit=args.fashion_mnist_test)
         return test.images, test.labels
     if not args.images:
         raise CommandError("no images: give IMAGE files (PNG/JPEG) or --fashion-mnist-test N")

@@ -4,7 +4,7 @@ Each package declares its subcommands as entry points of the group `convserve.co
 (pyproject.toml): `NAME = "package.module:add_NAME"`, a function that fills in the
 subcommand's parser and sets `run`. Only the chosen subcommand's module is imported, so
 `convserve health` loads neither the server nor TensorFlow; `convserve --help` imports every
-command module (they import their heavy dependencies only when they run).
+command module, and none of them imports TensorFlow or the server before it runs.
 """
 
 from __future__ import annotations
