@@ -29,11 +29,14 @@ TIERS = ("unit", "integration", "deploy")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test without a tier mark gets its folder's: integration/, deploy/, else unit."""
+    """A test without a tier mark gets its folder's (integration/, deploy/); elsewhere one that
+    needs the trained models (or a server on them) is integration, the rest unit."""
     for item in items:
         if not any(item.get_closest_marker(tier) for tier in TIERS):
             folder = item.path.parent.name
-            item.add_marker(folder if folder in TIERS else "unit")
+            if folder not in TIERS:
+                folder = "integration" if "models_dir" in item.fixturenames else "unit"
+            item.add_marker(folder)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import pytest
 from convserve.cli import main
 
 
+@pytest.mark.integration
 def test_train_command_exports_a_model(tmp_path: Path) -> None:
     completed = subprocess.run(
         [

@@ -65,6 +65,7 @@ def test_unsupported_layers_are_named() -> None:
         NumpyRuntime.compile(model, 1 / 255, 0.0, tuple(describe_layers(model)))
 
 
+@pytest.mark.integration
 def test_auto_falls_back_to_tensorflow_and_numpy_refuses(tmp_path: Path) -> None:
     from training.train import train
 

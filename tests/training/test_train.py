@@ -15,6 +15,8 @@ from training import train
 from training.model import PRESETS, ConfigError, ConvLayer, ModelConfig
 from training.reference import conv2d
 
+pytestmark = pytest.mark.integration  # every test here trains
+
 # A tiny model on a slice of the data: seconds, not minutes.
 SMALL = PRESETS["small"].replace(train_limit=2000, test_limit=500)
 
