@@ -202,8 +202,8 @@ class FileEntry:
         fields = _Fields(entry, where)
         return cls(fields.get("path", str), fields.get("sha256", str), fields.get("bytes", int))
 
-    def verify(self, directory: Path) -> Path:
-        """The file's path, once its sha256 is the recorded one."""
+    def verify(self, directory: Path) -> None:
+        """Raise unless the file is in `directory` with the recorded sha256."""
         path = directory / self.path
         if not path.is_file():
             raise ArtifactError(f"{path}: file not found (metadata.json names it)")
@@ -213,7 +213,6 @@ class FileEntry:
                 f"{path}: sha256 {digest} differs from metadata.json's {self.sha256} "
                 "(a partial copy or a replaced file)"
             )
-        return path
 
 
 @dataclass(frozen=True)

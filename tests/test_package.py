@@ -3,6 +3,7 @@ TensorFlow, and `convserve health` (the container's health check) loads no serve
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def _loaded_after(code: str) -> dict[str, bool]:
     completed = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=False
     )
-    flags = eval(completed.stdout.strip().splitlines()[-1])  # a printed list of booleans
+    flags = ast.literal_eval(completed.stdout.strip().splitlines()[-1])
     return dict(zip(heavy, flags, strict=True)) | {"output": completed.stdout}
 
 

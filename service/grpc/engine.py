@@ -48,7 +48,6 @@ class Engine:
     def __init__(self, repository: Repository, executor: Executor, settings: Settings) -> None:
         self.repository = repository
         self.settings = settings
-        self.max_images = settings.max_images
         self._executor = executor
         # Made on a model's first call; gone with the model once no call holds it.
         self._served: weakref.WeakKeyDictionary[Model, _Served] = weakref.WeakKeyDictionary()
@@ -61,11 +60,11 @@ class Engine:
 
     def pixels(self, array: np.ndarray, model: Model) -> np.ndarray:
         """A request's uint8/float32 array → the checked float32 batch `model` takes."""
-        return as_pixels(array, model.input_shape, self.max_images)
+        return as_pixels(array, model.input_shape, self.settings.max_images)
 
     async def decode(self, files: list[bytes], model: Model) -> np.ndarray:
         """PNG/JPEG files → the float32 batch `model` takes (decoded in a worker thread)."""
-        return await self._run(decode_files, files, model.input_shape, self.max_images)
+        return await self._run(decode_files, files, model.input_shape, self.settings.max_images)
 
     async def predict(self, model: Model, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities float32 [N, classes], coalesced with concurrent requests."""

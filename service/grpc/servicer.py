@@ -118,7 +118,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
     async def _pixels(self, images: pb.Images, model: Model) -> np.ndarray:
         if is_encoded(images):
             return await self.engine.decode(list(images.encoded.files), model)
-        return from_images(images, model.input_shape, self.engine.max_images)
+        return from_images(images, model.input_shape, self.engine.settings.max_images)
 
 
 def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server, boundary: Boundary) -> None:
