@@ -14,6 +14,7 @@ from pathlib import Path
 
 from client import Client
 from client.errors import ConvserveError
+from service.cpus import available_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +85,7 @@ def start_convserve(
     )  # fmt: skip
     target = f"127.0.0.1:{port}"
     wait_serving(target, process, model)
-    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else available_cpus()
     metrics_ports = [metrics_port + index for index in range(workers)] if metrics else []
     for port in metrics_ports:  # every worker, not only the one health reached, must serve
         _poll(functools.partial(_model_loaded, port), process)

@@ -14,7 +14,7 @@ import grpc.aio
 import numpy as np
 
 from client.errors import from_rpc_error
-from convserve.api.codec import from_layer_message, from_tensor, to_tensor
+from convserve.api.codec import EXPLAIN_METHODS, from_layer_message, from_tensor, to_tensor
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from convserve.artifact import Layer
@@ -93,9 +93,10 @@ class ExplainResult:
     classes: np.ndarray
     probabilities: np.ndarray
     class_names: tuple[str, ...]
-    layer: Layer
+    layer: Layer | None  # None for occlusion, which has no layer
     model: str
     version: int
+    method: str = ""  # the method that made the heatmaps: gradcam, hirescam or occlusion
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def _feature_map_result(response: pb.FeatureMapResponse) -> FeatureMapResult:
     )
 
 
-EXPLAIN_METHODS = {"gradcam": pb.EXPLAIN_METHOD_GRAD_CAM, "hirescam": pb.EXPLAIN_METHOD_HIRES_CAM}
+_METHOD_NAMES = {number: name for name, number in EXPLAIN_METHODS.items()}
 
 
 def _explain_request(
@@ -234,7 +235,9 @@ def _explain_request(
     model: str | None, version: int | None,
 ) -> pb.ExplainRequest:  # fmt: skip
     if method not in EXPLAIN_METHODS:
-        raise ValueError(f"method {method!r}: expected one of {', '.join(EXPLAIN_METHODS)}")
+        raise ValueError(
+            f"method {method!r}: expected one of {', '.join(filter(None, EXPLAIN_METHODS))}"
+        )
     return pb.ExplainRequest(
         model=_spec(model, version), images=_images_message(images), layer=layer or "",
         class_index=class_index, method=EXPLAIN_METHODS[method],
@@ -247,9 +250,10 @@ def _explain_result(response: pb.ExplainResponse) -> ExplainResult:
         classes=np.array(response.class_indices),
         probabilities=from_tensor(response.probabilities),
         class_names=tuple(response.class_names),
-        layer=from_layer_message(response.layer),
+        layer=from_layer_message(response.layer) if response.HasField("layer") else None,
         model=response.model.name,
         version=response.model.version,
+        method=_METHOD_NAMES.get(response.method, str(response.method)),
     )
 
 
@@ -418,12 +422,13 @@ class Client(_Base):
 
     def explain(
         self, images: Images, *, layer: str | None = None, class_index: int | None = None,
-        method: str = "gradcam", model: str | None = None, version: int | None = None,
+        method: str = "", model: str | None = None, version: int | None = None,
         timeout: float | None = None,
     ) -> ExplainResult:  # fmt: skip
-        """Heatmaps of where `layer` (default: the last conv layer) sees evidence for
-        `class_index` (default: each image's most probable class). `method` "gradcam"
-        (Grad-CAM) or "hirescam" (HiResCAM, for heads without global average pooling)."""
+        """Heatmaps of the evidence for `class_index` (default: each image's most probable
+        class). `method`: "gradcam" (Grad-CAM, for global average pooling heads), "hirescam"
+        (HiResCAM, for any head) at conv layer `layer` (default: the last one with a gradient
+        graph), or "occlusion" (no gradients, any model); default: the model's choice."""
         request = _explain_request(images, layer, class_index, method, model, version)
         return _explain_result(self._call(self._stub.Explain, request, timeout))
 

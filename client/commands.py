@@ -98,17 +98,20 @@ def add_featuremap(parser: argparse.ArgumentParser) -> None:
 
 
 def add_explain(parser: argparse.ArgumentParser) -> None:
-    """Grad-CAM heatmaps: where a conv layer sees evidence for a class"""
+    """heatmaps of where the model sees evidence for a class (Grad-CAM, HiResCAM, occlusion)"""
     _add_target(parser)
     _add_images(parser)
-    parser.add_argument("--layer", help="layer name (default: the last conv layer)")
+    parser.add_argument(
+        "--layer", help="conv layer for gradcam/hirescam (default: the last with gradients)"
+    )
     parser.add_argument(
         "--class", dest="class_name", metavar="CLASS",
         help="class name or index to explain (default: each image's most probable class)",
     )  # fmt: skip
     parser.add_argument(
-        "--method", choices=("gradcam", "hirescam"), default="gradcam",
-        help="gradcam (Grad-CAM) or hirescam (HiResCAM: also for Flatten + Dense heads)",
+        "--method", choices=("gradcam", "hirescam", "occlusion"), default="",
+        help="gradcam (Grad-CAM, for global average pooling heads), hirescam (HiResCAM, any "
+        "head) or occlusion (no gradients, any model); default: the model's own choice",
     )  # fmt: skip
     parser.add_argument("--png", type=Path, help="draw each image with its heatmap over it")
     _runs(parser, _run_explain)
@@ -314,9 +317,8 @@ def _run_explain(args: argparse.Namespace) -> int:
             images, layer=args.layer, class_index=class_index, method=args.method,
             model=args.model, version=args.version,
         )  # fmt: skip
-    print(
-        f"model {result.model} version {result.version}: {args.method} at {result.layer.describe()}"
-    )
+    where = f" at {result.layer.describe()}" if result.layer else ""
+    print(f"model {result.model} version {result.version}: {result.method}{where}")
     names = _image_names(args, len(result.classes))
     for name, label, heatmap, row in zip(
         names, result.classes, result.heatmaps, result.probabilities, strict=True
@@ -333,7 +335,7 @@ def _run_explain(args: argparse.Namespace) -> int:
             images = np.stack([np.asarray(Image.open(path).convert("L")) for path in args.images])
         size = explain_png(args.png, images.reshape(result.heatmaps.shape),
                            result.heatmaps, result.classes, result.probabilities,
-                           result.class_names, result.layer, args.method)  # fmt: skip
+                           result.class_names, result.layer, result.method)  # fmt: skip
         _wrote(args.png, size, f"{min(len(result.heatmaps), MAX_TILES)} images with their heatmaps")
     return 0
 

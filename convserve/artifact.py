@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "EXPLAIN_FILE",
+    "FEATURES_FILE",
+    "FILTERS_FILE",
     "FORMAT_VERSION",
+    "KERAS_FILE",
     "METADATA_FILE",
-    "MODEL_FILE",
+    "ONNX_FILE",
     "ArtifactError",
     "FileEntry",
     "Layer",
@@ -35,9 +39,20 @@ __all__ = [
     "sha256_file",
 ]
 
-FORMAT_VERSION = 1
-MODEL_FILE = "model.keras"
+# 2: the served form is ONNX (`files` names every file); 1: model.keras only, read so that
+# `convserve export-onnx` can bring such a version up to date.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 METADATA_FILE = "metadata.json"
+KERAS_FILE = "model.keras"  # what training wrote (absent from imported models)
+# What the server runs, all taking pixels 0..255 NHWC float32 named "pixels" with the
+# preprocessing inside the graph:
+ONNX_FILE = "model.onnx"  # → "probabilities" [N, classes]
+FEATURES_FILE = "features.onnx"  # → "<layer>" for each layer with [N, H, W, C] output, and
+#   "<layer>.pre_activation" for each conv layer: the convolution plus bias before its activation
+EXPLAIN_FILE = "explain.onnx"  # fixed batch; + "class_index" int32 [B] (-1: the predicted
+#   class) → "probabilities", "classes", "<layer>.gradcam" and "<layer>.hirescam" [B, H, W]
+FILTERS_FILE = "filters.npz"  # "<layer>.kernel" [KH, KW, C_in, C_out], "<layer>.bias" [C_out]
 PREPROCESSING_DESCRIPTION = "callers send pixels 0..255; the model sees pixels * scale + offset"
 
 
@@ -200,7 +215,10 @@ class FileEntry:
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any], where: str) -> FileEntry:
         fields = _Fields(entry, where)
-        return cls(fields.get("path", str), fields.get("sha256", str), fields.get("bytes", int))
+        path = fields.get("path", str)
+        if Path(path).name != path or path in ("", ".", ".."):
+            raise ArtifactError(f"{where}: path {path!r}, expected a file name in the version")
+        return cls(path, fields.get("sha256", str), fields.get("bytes", int))
 
     def verify(self, directory: Path) -> None:
         """Raise unless the file is in `directory` with the recorded sha256."""
@@ -229,13 +247,17 @@ class Metadata:
     input: TensorSpec
     output: TensorSpec
     preprocessing: Preprocessing
-    model_file: FileEntry
+    files: tuple[FileEntry, ...]
     layers: tuple[Layer, ...]
     parameters: int
     created_at: str
     training: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     framework: dict[str, str] = field(default_factory=dict)
+
+    def file(self, path: str) -> FileEntry | None:
+        """The entry of the artifact's file `path` (e.g. ONNX_FILE), None if it has none."""
+        return next((entry for entry in self.files if entry.path == path), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -251,7 +273,7 @@ class Metadata:
             "evaluation": self.evaluation,
             "parameters": self.parameters,
             "framework": self.framework,
-            "model_file": self.model_file.to_dict(),
+            "files": [entry.to_dict() for entry in self.files],
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -259,10 +281,13 @@ class Metadata:
     def from_dict(cls, data: Mapping[str, Any], where: str) -> Metadata:
         fields = _Fields(data, where)
         version = fields.get("format_version", int)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMATS:
             raise ArtifactError(
-                f"{where}: format_version {version}, this convserve reads {FORMAT_VERSION}"
+                f"{where}: format_version {version}, this convserve reads "
+                f"{' and '.join(map(str, READABLE_FORMATS))}"
             )
+        # Format 1 had one file, model.keras.
+        files = [fields.get("model_file", dict)] if version == 1 else fields.get("files", list)
         metadata = cls(
             name=fields.get("name", str),
             version=fields.get("version", int),
@@ -272,7 +297,10 @@ class Metadata:
             preprocessing=Preprocessing.from_dict(
                 fields.get("preprocessing", dict), f"{where}: preprocessing"
             ),
-            model_file=FileEntry.from_dict(fields.get("model_file", dict), f"{where}: model_file"),
+            files=tuple(
+                FileEntry.from_dict(entry, f"{where}: files[{index}]")
+                for index, entry in enumerate(files)
+            ),
             layers=tuple(
                 Layer.from_dict(entry, f"{where}: layers[{index}]")
                 for index, entry in enumerate(fields.get("layers", list))
@@ -354,7 +382,8 @@ def read(directory: Path) -> Metadata:
             f"{path}: describes {metadata.name} version {metadata.version}, "
             f"but lives in {directory.parent.name}/{directory.name}"
         )
-    metadata.model_file.verify(directory)
+    for entry in metadata.files:
+        entry.verify(directory)
     return metadata
 
 

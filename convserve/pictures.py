@@ -110,7 +110,7 @@ def explain_png(
     classes: Sequence[int],
     probabilities: np.ndarray,
     class_names: Sequence[str],
-    layer: Layer,
+    layer: Layer | None,
     method: str,
 ) -> tuple[int, int]:
     """Each image [N, H, W] (pixels 0..255) with its heatmap over it, each heatmap scaled to its
@@ -130,8 +130,10 @@ def explain_png(
         label = int(classes[index])
         ax.set_title(f"{class_names[label]} {probabilities[index, label]:.2f}"
                      + ("" if peak > 0 else "\n(no positive evidence)"), fontsize=7)  # fmt: skip
-    name = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}.get(method, method)
-    return _save(plt, figure, path, f"{name} at {layer_caption(layer)}")
+    name = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "occlusion": "Occlusion"}.get(
+        method, method
+    )
+    return _save(plt, figure, path, f"{name} at {layer_caption(layer)}" if layer else name)
 
 
 def filters_png(

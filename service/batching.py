@@ -7,9 +7,9 @@ one naturally forms larger batches. A small request with nothing queued ahead of
 the queue altogether. `max_batch_delay_s` > 0 lets a partial batch wait that
 long for company (more throughput, more latency); the default 0 never waits.
 
-Batches of at most `inline_max_images` run right on the event loop: for a small model in
-numpy a thread hand-off (and the GIL ping-pong that comes with it) costs more than the
-arithmetic. Larger batches run in the executor's worker threads.
+Batches of at most `inline_max_images` run right on the event loop: for a small model a
+thread hand-off (and the GIL ping-pong that comes with it) costs more than the arithmetic.
+Larger batches run in the executor's worker threads.
 
 Overload degrades into fast refusals: past `max_queued` waiting requests a new one gets
 RESOURCE_EXHAUSTED at once. A request whose deadline (`DEADLINE`, set by the gRPC boundary)

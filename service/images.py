@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from convserve.api.codec import TensorError, from_tensor
@@ -55,30 +57,30 @@ def as_pixels(array: np.ndarray, shape: tuple[int, int, int], max_images: int) -
 
 
 def decode_files(files: list[bytes], shape: tuple[int, int, int], max_images: int) -> np.ndarray:
-    """PNG/JPEG files → float32 [N, H, W, C]: decoded, converted to grayscale, size checked.
-
-    Runs TensorFlow: call it from a worker thread, not the event loop.
-    """
-    import tensorflow as tf
+    """PNG/JPEG files → float32 [N, H, W, C]: decoded (Pillow), converted to the model's
+    channels (grayscale: ITU-R 601 luma), size checked. Call it from a worker thread."""
+    from PIL import Image
 
     _check_count(len(files), max_images)
     height, width, channels = shape
-    decoded = []
+    decoded = np.empty((len(files), height, width, channels), np.float32)
     for index, data in enumerate(files):
         if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
             raise InvalidInput(f"image {index}: not a PNG or JPEG file (starts with {data[:8]!r})")
         try:
-            image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-        except (tf.errors.InvalidArgumentError, ValueError) as exc:
-            message = getattr(exc, "message", str(exc)).splitlines()[0]
-            raise InvalidInput(f"image {index}: cannot decode it: {message}") from None
-        if tuple(image.shape[:2]) != (height, width):
-            raise InvalidInput(
-                f"image {index} is {image.shape[1]}x{image.shape[0]} pixels; "
-                f"expected {width}x{height}"
-            )
-        decoded.append(image.numpy())
-    return np.stack(decoded).astype(np.float32)
+            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+                image.verify()  # PNG: every chunk's CRC, up to IEND (decoding stops earlier)
+            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+                if image.size != (width, height):
+                    raise InvalidInput(
+                        f"image {index} is {image.width}x{image.height} pixels; "
+                        f"expected {width}x{height}"
+                    )
+                converted = image.convert("L" if channels == 1 else "RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise InvalidInput(f"image {index}: cannot decode it: {exc}") from None
+        decoded[index] = np.asarray(converted).reshape(height, width, channels)
+    return decoded
 
 
 def _check_count(count: int, max_images: int) -> None:

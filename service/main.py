@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     for name, field in Settings.model_fields.items():
         kind = field.annotation
+        default = field.get_default(call_default_factory=True)  # e.g. this machine's CPUs
         choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
         parser.add_argument(
             "--" + name.replace("_", "-"),
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=_PARSERS.get(kind, str) if not choices else str,
             choices=choices,
             default=argparse.SUPPRESS,
-            help=f"{field.description} (env CONVSERVE_{name.upper()}, default {field.default!r})",
+            help=f"{field.description} (env CONVSERVE_{name.upper()}, default {default!r})",
         )
 
 
@@ -53,7 +54,7 @@ def add_serve(parser: argparse.ArgumentParser) -> None:
     """
     try:
         add_arguments(parser)  # imports pydantic-settings
-    except ImportError:  # a client-only install: no pydantic-settings, no TensorFlow
+    except ImportError:  # a client-only install: no pydantic-settings, no ONNX Runtime
         parser.set_defaults(run=_not_installed)
     else:
         parser.set_defaults(run=run)
@@ -99,7 +100,6 @@ class JsonFormatter(logging.Formatter):
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from pydantic import ValidationError
 
     from service.grpc.boundary import ACCESS_LOGGER
@@ -122,6 +122,14 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger(ACCESS_LOGGER).setLevel(
         logging.INFO if settings.access_log else logging.WARNING
     )
+    if settings.workers > 1 and settings.port == 0 and "workers" not in settings.model_fields_set:
+        # Workers share one port only when it is fixed; port 0 would give each its own. Asked
+        # for (flag or env), > 1 workers with port 0 stays an error (in supervise).
+        logging.getLogger(__name__).info(
+            "--port 0 (any free port): 1 worker, not the default %d (one per CPU)",
+            settings.workers,
+        )
+        settings = settings.model_copy(update={"workers": 1})
     if settings.workers > 1:
         return supervise(settings)
     asyncio.run(serve(settings))

@@ -1,51 +1,49 @@
-"""One loaded model version: the Keras model, its numpy runtime when it has one, and
-compiled, warmed `tf.function`s."""
+"""One loaded model version: its ONNX Runtime sessions (warmed) and its filters.
+
+The graphs are the artifact's (see convserve.artifact): raw pixels in, preprocessing inside.
+Every method is a plain blocking call; ONNX Runtime releases the GIL while it computes.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import onnxruntime
 
 from convserve import artifact
-from convserve.artifact import Layer, Metadata
+from convserve.artifact import (
+    EXPLAIN_FILE,
+    FEATURES_FILE,
+    FILTERS_FILE,
+    ONNX_FILE,
+    Layer,
+    Metadata,
+)
 from service.errors import InvalidInput, ModelLoadError, NotFound
-from service.runtime import NumpyRuntime, Unsupported
 
-__all__ = ["Model"]
+__all__ = ["EXPLAIN_METHODS", "Model"]
 
 log = logging.getLogger(__name__)
 
-# Batch sizes compiled and run once before the model reports ready.
+# Batch sizes run once before the model reports ready.
 WARMUP_BATCH_SIZES = (1, 8)
-
-
-@dataclass(frozen=True)
-class _FeatureFunction:
-    """A compiled function returning (activations, pre-activations or None) for one layer."""
-
-    function: Callable[[Any], tuple[Any, Any]]
-    has_pre_activation: bool
+EXPLAIN_METHODS = ("gradcam", "hirescam", "occlusion")
+PRE_ACTIVATION = ".pre_activation"
 
 
 class Model:
-    """A model version ready to answer: `predict` and `feature_map` take raw pixels (0..255).
-
-    Both are plain blocking calls. `feature_map` (and `predict` on the TensorFlow runtime)
-    runs TensorFlow: callers run it in worker threads; the batcher decides where numpy runs.
-    """
+    """A model version ready to answer: every method takes raw pixels float32 [N, H, W, C]."""
 
     def __init__(
-        self, path: Path, metadata: Metadata, keras_model: Any, runtime: str = "auto"
+        self,
+        path: Path,
+        metadata: Metadata,
+        sessions: dict[str, onnxruntime.InferenceSession],
+        filters: dict[str, np.ndarray],
     ) -> None:
-        import tensorflow as tf
-
         self.path = path
         self.metadata = metadata
         self.name = metadata.name
@@ -63,88 +61,90 @@ class Model:
         # FeatureMap and Filters show the first conv layer, Explain the last (Grad-CAM's choice:
         # the most semantic features that still have a place in the image).
         self.default_layer = (self.conv_layers or self.feature_layers or ("",))[0]
-        self.explain_layer = (self.conv_layers or self.feature_layers or ("",))[-1]
-        self._keras = keras_model
-        self._scale = metadata.preprocessing.scale
-        self._offset = metadata.preprocessing.offset
-        self._signature = [tf.TensorSpec([None, *self.input_shape], tf.float32, name="images")]
-        self._predict_tf = tf.function(self._forward, input_signature=self._signature)
-        self.runtime = "tensorflow"
-        self._predict_numpy: Callable[[np.ndarray], np.ndarray] | None = None
-        if runtime != "tensorflow":
-            try:
-                self._predict_numpy = NumpyRuntime.compile(
-                    keras_model, self._scale, self._offset, metadata.layers
-                ).predict
-                self.runtime = "numpy"
-            except Unsupported as exc:
-                if runtime == "numpy":
-                    raise ModelLoadError(
-                        f"{path}: the numpy runtime cannot run it: {exc}"
-                    ) from None
-                log.info("%s: numpy runtime unsupported (%s); using tensorflow", path, exc)
-        self._compiled: dict[tuple[str, str], Any] = {}  # ("features" | "explain", layer)
-        self._compiled_lock = threading.Lock()
+        self._predict = sessions[ONNX_FILE]
+        self._features = sessions[FEATURES_FILE]
+        self._explain = sessions.get(EXPLAIN_FILE)
+        self._filters = filters
+        # The layers with gradient explanations: the explanation graph's "<layer>.gradcam".
+        explained = [
+            output.name.rsplit(".", 1)[0]
+            for output in (self._explain.get_outputs() if self._explain else [])
+            if output.name.endswith(".gradcam")
+        ]
+        self.explain_layers = tuple(name for name in self.conv_layers if name in explained)
+        self.explain_layer = (self.explain_layers or self.conv_layers or ("",))[-1]
+        # Behind global average pooling Grad-CAM is CAM; behind Flatten + Dense its mean
+        # gradients are often all negative and it shows nothing, while HiResCAM is each
+        # position's share of the score. Without a gradient graph: occlusion.
+        pooled = any(layer.type == "GlobalAveragePooling2D" for layer in metadata.layers)
+        self.default_method = (
+            ("gradcam" if pooled else "hirescam") if self.explain_layers else "occlusion"
+        )
+        self.explain_methods = EXPLAIN_METHODS if self.explain_layers else ("occlusion",)
 
     @classmethod
-    def load(cls, path: Path, runtime: str = "auto") -> Model:
-        """Load `path` = MODELS_DIR/NAME/VERSION, verify it against its metadata.json, warm it."""
+    def load(cls, path: Path, threads: int = 1) -> Model:
+        """Load `path` = MODELS_DIR/NAME/VERSION, verified against its metadata.json, and warm
+        it; `threads` is each ONNX Runtime session's intra-op thread count."""
         started = time.perf_counter()
         try:
             metadata = artifact.read(path)
         except artifact.ArtifactError as exc:
             raise ModelLoadError(str(exc)) from None
-        model_file = path / metadata.model_file.path
-        import keras
-
+        for required in (ONNX_FILE, FEATURES_FILE, FILTERS_FILE):
+            if metadata.file(required) is None:
+                raise ModelLoadError(
+                    f"{path}: no {required}: this version predates ONNX serving; write a new "
+                    f"version that has it with `convserve export-onnx {metadata.name} "
+                    f"--models-dir {path.parent.parent}`"
+                )
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        sessions = {}
+        for file in (ONNX_FILE, FEATURES_FILE, EXPLAIN_FILE):
+            if metadata.file(file) is not None:
+                sessions[file] = _session(path / file, options)
+        _check_io(path / ONNX_FILE, sessions[ONNX_FILE], metadata)
         try:
-            keras_model = keras.models.load_model(model_file, compile=False)
-        except Exception as exc:
-            raise ModelLoadError(f"{model_file}: Keras cannot load it: {exc}") from exc
-        input_shape = list(keras_model.input.shape[1:])
-        output_shape = list(keras_model.output.shape[1:])
-        if input_shape != list(metadata.input.shape) or output_shape != [len(metadata.classes)]:
-            raise ModelLoadError(
-                f"{path}: the model maps {input_shape} → {output_shape} but metadata.json "
-                f"says {list(metadata.input.shape)} → {len(metadata.classes)} classes"
-            )
-        model = cls(path, metadata, keras_model, runtime)
+            with np.load(path / FILTERS_FILE, allow_pickle=False) as stored:
+                filters = {key: stored[key].astype(np.float32) for key in stored.files}
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path / FILTERS_FILE}: cannot read it: {exc}") from exc
+        model = cls(path, metadata, sessions, filters)
         model.warm()
-        log.info("loaded %s version %d from %s in %.2f s (runtime %s)", model.name, model.version,
-                 path, time.perf_counter() - started, model.runtime)  # fmt: skip
+        log.info("loaded %s version %d from %s in %.2f s", model.name, model.version, path,
+                 time.perf_counter() - started)  # fmt: skip
         return model
 
     def warm(self) -> None:
-        """Trace and run the compiled functions once, so the first request pays nothing extra."""
+        """Run every graph once per warm-up batch size: the first request pays nothing extra."""
         for batch in WARMUP_BATCH_SIZES:
             pixels = np.zeros((batch, *self.input_shape), np.float32)
             self.predict(pixels)
             if self.default_layer:
-                self.feature_map(pixels, self.default_layer, pre_activation=True)
-                self.explain(pixels, self.explain_layer)
+                self.feature_map(pixels, self.default_layer)
+            if self.explain_layers:
+                self.explain(pixels, self.explain_layer, method="gradcam")
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Pixels float32 [N, H, W, C] (0..255) → class probabilities float32 [N, classes]."""
-        if self._predict_numpy is not None:
-            return self._predict_numpy(pixels)
-        return self.predict_tensorflow(pixels)
-
-    def predict_tensorflow(self, pixels: np.ndarray) -> np.ndarray:
-        """The reference: the Keras model through its compiled `tf.function`."""
-        return self._predict_tf(pixels).numpy()  # type: ignore[no-any-return]
+        result: np.ndarray = self._predict.run(["probabilities"], {"pixels": pixels})[0]
+        return result
 
     def feature_map(
         self, pixels: np.ndarray, layer: str, *, pre_activation: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """A layer's activations [N, H, W, C] and, for Conv2D, the convolution before them."""
-        features: _FeatureFunction = self._function("features", layer)
-        if pre_activation and not features.has_pre_activation:
+        self.check_layer(layer)
+        if pre_activation and not self.layers[layer].is_conv:
             raise InvalidInput(
                 f"layer {layer!r} is a {self.layers[layer].type}: only Conv2D layers have a "
                 "pre-activation; ask without it or pick a conv layer"
             )
-        activations, pre = features.function(pixels)
-        return activations.numpy(), pre.numpy() if pre_activation else None
+        names = [layer, layer + PRE_ACTIVATION] if pre_activation else [layer]
+        activations, *pre = self._features.run(names, {"pixels": pixels})
+        return activations, pre[0] if pre else None
 
     def explain(
         self,
@@ -152,24 +152,73 @@ class Model:
         layer: str,
         class_index: int | None = None,
         *,
-        hires: bool = False,
+        method: str = "",
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Grad-CAM (or with `hires` HiResCAM) of `layer` for `class_index` (default: each
-        image's most probable class); the methods are described in convserve.proto.
+        """`method`'s heatmaps (default: the model's `default_method`; the methods are
+        described in convserve.proto) for `class_index` (default: each image's most probable
+        class). `layer` is the conv layer the gradient methods explain.
 
         Returns heatmaps float32 [N, H, W] at the input's resolution (>= 0, unnormalised), the
         class each explains int32 [N], and the probabilities float32 [N, classes].
         """
+        method = method or self.default_method
         if class_index is not None and not 0 <= class_index < len(self.class_names):
             raise InvalidInput(
                 f"class_index {class_index}: model {self.name!r} has {len(self.class_names)} "
                 f"classes, 0..{len(self.class_names) - 1} ({', '.join(self.class_names)})"
             )
-        gradcam = self._function("explain", layer)
-        heatmaps, classes, probabilities = gradcam(
-            pixels, -1 if class_index is None else class_index, hires
+        if method == "occlusion":
+            return self._occlusion(pixels, class_index)
+        self.check_layer(layer)
+        if self._explain is None or layer not in self.explain_layers:
+            has = f"layers {', '.join(self.explain_layers)}" if self.explain_layers else "no layer"
+            raise InvalidInput(
+                f"model {self.name!r} version {self.version} has {method} for {has} (their "
+                f"gradients exported to ONNX), not for {layer!r}; ask for one of them or for "
+                "method occlusion, which works on any model"
+            )
+        batch = self._explain.get_inputs()[0].shape[0]  # a fixed batch: pad, then split
+        count = len(pixels)
+        padded = np.zeros((-(-count // batch) * batch, *pixels.shape[1:]), np.float32)
+        padded[:count] = pixels
+        wanted = np.full(batch, -1 if class_index is None else class_index, np.int32)
+        names = [f"{layer}.{method}", "classes", "probabilities"]
+        chunks = [
+            self._explain.run(names, {"pixels": padded[i : i + batch], "class_index": wanted})
+            for i in range(0, len(padded), batch)
+        ]
+        heatmaps, classes, probabilities = (
+            np.concatenate(parts)[:count] for parts in zip(*chunks, strict=True)
         )
-        return heatmaps.numpy(), classes.numpy(), probabilities.numpy()
+        return heatmaps, classes.astype(np.int32), probabilities
+
+    def _occlusion(
+        self, pixels: np.ndarray, class_index: int | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Occlusion sensitivity (Zeiler & Fergus 2014): cover a square patch (a quarter of the
+        shorter side, half a patch apart) with zeros and record how much the class's
+        probability drops; a pixel's heat is the mean drop of the patches over it."""
+        height, width = self.input_shape[:2]
+        patch = max(1, min(height, width) // 4)
+        stride = max(1, patch // 2)
+        boxes = [(top, left) for top in _starts(height, patch, stride)
+                 for left in _starts(width, patch, stride)]  # fmt: skip
+        cover = np.zeros((len(boxes), height, width), np.float32)
+        for index, (top, left) in enumerate(boxes):
+            cover[index, top : top + patch, left : left + patch] = 1
+        covered = cover.sum(axis=0)
+        probabilities = self.predict(pixels)
+        classes = (
+            probabilities.argmax(axis=1).astype(np.int32)
+            if class_index is None
+            else np.full(len(pixels), class_index, np.int32)
+        )
+        heatmaps = np.empty((len(pixels), height, width), np.float32)
+        for image, (original, wanted) in enumerate(zip(pixels, classes, strict=True)):
+            occluded = original * (1 - cover[..., None])  # [boxes, H, W, C]
+            drops = probabilities[image, wanted] - self.predict(occluded)[:, wanted]
+            heatmaps[image] = np.tensordot(drops, cover, axes=1) / covered
+        return np.maximum(heatmaps, 0), classes, probabilities
 
     def filters(self, layer: str) -> tuple[np.ndarray, np.ndarray | None]:
         """A conv layer's kernels float32 [KH, KW, C_in, C_out] and biases [C_out] (or None)."""
@@ -178,9 +227,7 @@ class Model:
                 f"model {self.name!r} version {self.version} has no conv layer {layer!r}; "
                 f"conv layers: {', '.join(self.conv_layers)}"
             )
-        conv = self._keras.get_layer(layer)
-        bias = np.asarray(conv.bias, np.float32) if conv.use_bias else None
-        return np.asarray(conv.kernel, np.float32), bias
+        return self._filters[f"{layer}.kernel"], self._filters.get(f"{layer}.bias")
 
     def check_layer(self, layer: str) -> None:
         """Raise NotFound unless `layer` is a layer FeatureMap and Explain can show."""
@@ -191,80 +238,26 @@ class Model:
                 f"layers with feature maps: {', '.join(self.feature_layers)}"
             )
 
-    def _forward(self, pixels: Any) -> Any:
-        return self._keras(pixels * self._scale + self._offset, training=False)
 
-    def _function(self, kind: str, layer: str) -> Any:
-        """The compiled `kind` function for `layer`, traced on first use."""
-        self.check_layer(layer)
-        with self._compiled_lock:
-            if (kind, layer) not in self._compiled:
-                build = self._compile_features if kind == "features" else self._compile_gradcam
-                self._compiled[kind, layer] = build(layer)
-            return self._compiled[kind, layer]
+def _starts(size: int, patch: int, stride: int) -> list[int]:
+    """Patch offsets from 0 to the far edge, the last one flush with it."""
+    return sorted({*range(0, size - patch + 1, stride), size - patch})
 
-    def _compile_gradcam(self, name: str) -> Any:
-        import keras
-        import tensorflow as tf
 
-        classifier = self._keras.layers[-1]  # Dense(classes, softmax): its logits are scored
-        both = keras.Model(
-            self._keras.input, [self._keras.get_layer(name).output, classifier.input]
+def _session(path: Path, options: onnxruntime.SessionOptions) -> onnxruntime.InferenceSession:
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's errors are one pybind class per status
+        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+
+
+def _check_io(path: Path, session: onnxruntime.InferenceSession, metadata: Metadata) -> None:
+    """The graph maps pixels [N, *input.shape] → probabilities [N, classes], as recorded."""
+    inputs = {i.name: list(i.shape[1:]) for i in session.get_inputs()}
+    outputs = {o.name: list(o.shape[1:]) for o in session.get_outputs()}
+    want_in, want_out = list(metadata.input.shape), [len(metadata.classes)]
+    if inputs != {"pixels": want_in} or outputs.get("probabilities") != want_out:
+        raise ModelLoadError(
+            f"{path}: the graph maps {inputs} → {outputs} but metadata.json says "
+            f"pixels {want_in} → probabilities {want_out} ({len(metadata.classes)} classes)"
         )
-        height, width = self.input_shape[:2]
-
-        def gradcam(pixels: Any, class_index: Any, hires: Any) -> tuple[Any, Any, Any]:
-            with tf.GradientTape() as tape:
-                maps, features = both(pixels * self._scale + self._offset, training=False)
-                logits = tf.matmul(features, classifier.kernel)
-                if classifier.use_bias:
-                    logits += classifier.bias
-                predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
-                classes = tf.where(
-                    class_index < 0, predicted, tf.fill(tf.shape(predicted), class_index)
-                )
-                # Each image's score depends on its own maps only: one gradient for the batch.
-                scores = tf.gather(logits, classes, batch_dims=1)
-            gradients = tape.gradient(scores, maps)
-            # Grad-CAM weighs each channel by its mean gradient, HiResCAM each position.
-            mean = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-            weights = tf.where(hires, gradients, mean)
-            cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1, keepdims=True))
-            heatmaps = tf.image.resize(cam, (height, width), method="bilinear")[..., 0]
-            return heatmaps, classes, classifier.activation(logits)
-
-        signature = [
-            *self._signature,
-            tf.TensorSpec([], tf.int32, name="class_index"),
-            tf.TensorSpec([], tf.bool, name="hires"),
-        ]
-        return tf.function(gradcam, input_signature=signature)
-
-    def _compile_features(self, name: str) -> _FeatureFunction:
-        import keras
-        import tensorflow as tf
-
-        layer = self._keras.get_layer(name)
-        inputs = self._keras.input
-        if isinstance(layer, keras.layers.Conv2D):
-            # The layer's own computation split in two: conv + bias, then the activation.
-            below = keras.Model(inputs, layer.input) if layer.input is not inputs else None
-
-            def conv(pixels: Any) -> tuple[Any, Any]:
-                x = pixels * self._scale + self._offset
-                if below is not None:
-                    x = below(x, training=False)
-                pre = layer.convolution_op(x, layer.kernel)
-                if layer.use_bias:
-                    pre = pre + layer.bias
-                return layer.activation(pre), pre
-
-            return _FeatureFunction(tf.function(conv, input_signature=self._signature), True)
-
-        upto = keras.Model(inputs, layer.output)
-
-        def other(pixels: Any) -> tuple[Any, Any]:
-            out = upto(pixels * self._scale + self._offset, training=False)
-            return out, out
-
-        return _FeatureFunction(tf.function(other, input_signature=self._signature), False)

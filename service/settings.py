@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.cpus import available_cpus
+
 __all__ = ["Settings", "settings_table"]
 
 
@@ -66,23 +68,25 @@ class Settings(BaseSettings):
         ge=1,
         description="worker threads that run inference; also the batches run at once per model",
     )
-    runtime: Literal["auto", "numpy", "tensorflow"] = Field(
-        "auto",
-        description="Predict runtime: numpy (fast for small CNNs), tensorflow (the reference), "
-        "auto (numpy when it supports every layer)",
+    onnx_threads: int = Field(
+        1,
+        ge=1,
+        description="ONNX Runtime's intra-op threads per call; with one worker per CPU, 1 "
+        "(measured: see the README's Performance)",
     )
     max_batch_size: int = Field(256, ge=1, description="most images the batcher puts in one batch")
     inline_max_images: int = Field(
-        32, ge=0, description="numpy batches up to this size run on the event loop, not a thread"
+        32, ge=0, description="batches up to this size run on the event loop, not a thread"
     )
     max_batch_delay_ms: float = Field(
         0.0, ge=0, description="how long a partial batch may wait for more requests (0: never)"
     )
     workers: int = Field(
-        1,
+        default_factory=available_cpus,
         ge=1,
-        description="server processes sharing the gRPC port (SO_REUSEPORT), each with every "
-        "model; worker i exports metrics on metrics_port + i",
+        description="server processes, each with every model, sharing the gRPC port "
+        "(SO_REUSEPORT); default one per CPU available to the process (CPU affinity and cgroup "
+        "quota), --workers N overrides; worker i exports metrics on metrics_port + i",
     )
     drain_seconds: float = Field(
         0.0,
@@ -161,5 +165,7 @@ def settings_table() -> str:
         if isinstance(default, SecretStr):
             default = default.get_secret_value()
         default = f"`{default}`" if default not in ("", None) else '""' if default == "" else "none"
+        if field.default_factory is available_cpus:  # the machine's count: no fixed number
+            default = "CPUs available"
         rows.append(f"| `{flag}` | `CONVSERVE_{name.upper()}` | {default} | {field.description} |")
     return "\n".join(rows)

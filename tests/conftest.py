@@ -20,8 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The model with same/valid padding, stride 2, dilation 2 and a pooling layer for FeatureMap.
 LAYERS_SPEC = ("4:3:same", "4:3:valid:2,pool=2", "3:2:valid:1:2:tanh")
-# Convs → global average pooling → softmax: the head Grad-CAM was made for.
-CAM_SPEC = ("6:3:same,pool=2", "8:3:same")
+# Convs → global average pooling → softmax: the head Grad-CAM was made for. No max pooling:
+# both conv layers have gradient explanations (the second's gradient goes through a conv).
+CAM_SPEC = ("6:3:same", "8:3:same:2")
 MAX_IMAGES = 2000
 
 

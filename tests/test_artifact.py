@@ -27,12 +27,12 @@ DENSE = Layer("dense", "Dense", (3136,), (3,), 9411)
 
 def _publish(models_dir: Path, name: str = "shoes") -> Path:
     def build(directory: Path, version: int) -> Metadata:
-        model = directory / artifact.MODEL_FILE
-        model.write_bytes(b"weights")
+        model = directory / artifact.ONNX_FILE
+        model.write_bytes(b"graph")
         return Metadata(
             name=name, version=version, classes=("Sandal", "Sneaker", "Ankle boot"),
             input=TensorSpec("images", (28, 28, 1)), output=TensorSpec("probabilities", (3,)),
-            preprocessing=Preprocessing(1 / 255), model_file=FileEntry.of(model),
+            preprocessing=Preprocessing(1 / 255), files=(FileEntry.of(model),),
             layers=(CONV, DENSE), parameters=9451, created_at="2026-11-30T00:00:00+00:00",
             evaluation={"test_accuracy": 0.9},
         )  # fmt: skip
@@ -62,14 +62,15 @@ def test_what_publish_writes_read_gives_back_as_the_next_version(tmp_path: Path)
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.update(format_version=7), "format_version 7, this convserve reads 1"),
+        (lambda d: d.update(format_version=7), "format_version 7, this convserve reads 1 and 2"),
         (lambda d: d.pop("classes"), "missing 'classes'"),
         (lambda d: d["input"].update(shape=[28, 28]), r"input.shape \[28, 28\], expected"),
         (lambda d: d.update(version="1"), "version is '1', expected a JSON integer"),
         (lambda d: d["layers"][0].update(padding_amount=[1, 1]), "padding_amount"),
         (lambda d: d["output"].update(shape=[4]), "does not match the 3 classes"),
         (lambda d: d.update(version=2), "describes shoes version 2, but lives in shoes/1"),
-        (lambda d: d["model_file"].update(sha256="0" * 64), "a partial copy or a replaced file"),
+        (lambda d: d["files"][0].update(sha256="0" * 64), "a partial copy or a replaced file"),
+        (lambda d: d["files"][0].update(path="../1/model.onnx"), "expected a file name"),
     ],
 )
 def test_read_refuses_what_cannot_be_served(tmp_path: Path, change: Any, message: str) -> None:
@@ -78,6 +79,18 @@ def test_read_refuses_what_cannot_be_served(tmp_path: Path, change: Any, message
     with pytest.raises(ArtifactError, match=message) as refused:
         artifact.read(path)
     assert str(path) in str(refused.value)
+
+
+def test_a_format_1_version_reads_with_its_one_file(tmp_path: Path) -> None:
+    """Versions trained before ONNX serving: `convserve export-onnx` reads them."""
+    path = _publish(tmp_path)
+    (path / artifact.ONNX_FILE).rename(path / artifact.KERAS_FILE)
+    keras_file = FileEntry.of(path / artifact.KERAS_FILE)
+    _edit(path, lambda d: d.update(format_version=1, model_file=keras_file.to_dict()))
+    metadata = artifact.read(path)
+    assert metadata.files == (keras_file,)
+    assert metadata.file(artifact.KERAS_FILE) == keras_file
+    assert metadata.file(artifact.ONNX_FILE) is None
 
 
 def test_bad_names_are_refused_before_anything_is_written(tmp_path: Path) -> None:

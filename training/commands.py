@@ -10,14 +10,15 @@ from typing import Any
 
 from convserve.cli import CommandError, positive_int
 
-__all__ = ["add_train"]
+__all__ = ["add_export_onnx", "add_train"]
 
 
 def add_train(parser: argparse.ArgumentParser) -> None:
     """train a Conv2D classifier on Fashion-MNIST and export a versioned artifact
 
     Fit a preset (or a config file), evaluate on the test images and export
-    MODELS_DIR/NAME/VERSION/{model.keras,metadata.json}. Flags override the preset.
+    MODELS_DIR/NAME/VERSION/: model.keras, the ONNX graphs the server runs (checked against
+    Keras on the test images) and metadata.json. Flags override the preset.
     """
     parser.add_argument(
         "--preset",
@@ -74,6 +75,33 @@ def add_train(parser: argparse.ArgumentParser) -> None:
         help="skip the evaluation report (VERSION/report/: pictures and model card)",
     )  # fmt: skip
     parser.set_defaults(run=_run_train)
+
+
+def add_export_onnx(parser: argparse.ArgumentParser) -> None:
+    """write a new version with the ONNX graphs the server runs, from an older version
+
+    For versions trained before convserve served ONNX (model.keras only): publishes
+    MODELS_DIR/NAME/NEXT with the same model.keras and metadata plus model.onnx,
+    features.onnx, explain.onnx and filters.npz, each checked against Keras first.
+    """
+    parser.add_argument("name", help="the model's name")
+    parser.add_argument("--version", type=positive_int, help="the version (default: the latest)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--data-dir", type=Path, help="Fashion-MNIST IDX files (default: Debian's)")
+    parser.set_defaults(run=_run_export_onnx)
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    from convserve.artifact import ArtifactError
+    from convserve.fashion_mnist import DataError
+    from training.export import ExportError, export_onnx
+
+    try:
+        path = export_onnx(args.models_dir, args.name, args.version or 0, data_dir=args.data_dir)
+    except (ArtifactError, DataError, ExportError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"exported {path}: {', '.join(sorted(p.name for p in path.iterdir()))}")
+    return 0
 
 
 def _train_config(args: argparse.Namespace) -> Any:

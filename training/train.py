@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convserve import artifact, fashion_mnist
-from convserve.artifact import MODEL_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
+from convserve.artifact import KERAS_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
+from training.export import ExportError, write_served_form
 from training.model import TrainConfig, build_model, infer_shapes
 from training.reference import output_size, same_padding
 from training.report import REPORT_DIR, class_figures, write_report
@@ -37,10 +38,7 @@ __all__ = [
 ]
 
 PIXEL_SCALE = 1.0 / 255.0
-
-
-class ExportError(RuntimeError):
-    """The trained model does not match what its configuration and the formula say."""
+PREPROCESSING = Preprocessing(scale=PIXEL_SCALE, offset=0.0)
 
 
 @dataclass
@@ -262,7 +260,7 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()}, {platform.system()})",
     }
-    for package in ("tensorflow", "keras", "numpy", "convserve"):
+    for package in ("tensorflow", "keras", "tf2onnx", "onnxruntime", "numpy", "convserve"):
         try:
             versions[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
@@ -270,7 +268,9 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def build_metadata(result: TrainResult, name: str, version: int, model_path: Path) -> Metadata:
+def build_metadata(
+    result: TrainResult, name: str, version: int, files: list[FileEntry]
+) -> Metadata:
     """The self-description a server needs to serve the model and a person needs to trust it."""
     config = result.config
     evaluation: dict[str, Any] = {
@@ -288,7 +288,7 @@ def build_metadata(result: TrainResult, name: str, version: int, model_path: Pat
         classes=result.class_names,
         input=TensorSpec("images", tuple(config.model.input_shape)),
         output=TensorSpec("probabilities", (len(result.class_names),)),
-        preprocessing=Preprocessing(scale=PIXEL_SCALE, offset=0.0),
+        preprocessing=PREPROCESSING,
         training={
             "config": config.to_dict(),
             "seed": config.seed,
@@ -303,7 +303,7 @@ def build_metadata(result: TrainResult, name: str, version: int, model_path: Pat
         evaluation=evaluation,
         parameters=int(result.model.count_params()),
         framework=_versions(),
-        model_file=FileEntry.of(model_path),
+        files=tuple(files),
         layers=tuple(describe_layers(result.model)),
     )
 
@@ -314,11 +314,16 @@ def export(
     """Publish models/<name>/<version>/ (the next integer version) and return its path; with
     `report`, also the evaluation report in its report/ directory (see training.report)."""
 
+    files: list[FileEntry] = []
+    test_images = result.test_images
+    assert test_images is not None, "the served graphs are checked on the test images"
+
     def build(directory: Path, version: int) -> Metadata:
-        model_path = directory / MODEL_FILE
-        if not model_path.exists():  # a second try, after another export took the version
-            result.model.save(model_path)
-        metadata = build_metadata(result, name, version, model_path)
+        if not files:  # not on a second try, after another export took the version
+            result.model.save(directory / KERAS_FILE)
+            files.append(FileEntry.of(directory / KERAS_FILE))
+            files.extend(write_served_form(result.model, directory, PREPROCESSING, test_images))
+        metadata = build_metadata(result, name, version, files)
         if report:
             write_report(result, directory / REPORT_DIR, metadata)
         return metadata

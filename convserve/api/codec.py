@@ -12,6 +12,7 @@ from convserve.artifact import Layer
 
 __all__ = [
     "DTYPES",
+    "EXPLAIN_METHODS",
     "TensorError",
     "dtype_name",
     "from_layer_message",
@@ -26,6 +27,14 @@ DTYPES: dict[pb.DataType, np.dtype[np.generic]] = {
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
 }
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
+
+# Explain's methods by the names the client, the server and V2 outputs use; "": the model's.
+EXPLAIN_METHODS: dict[str, pb.ExplainMethod] = {
+    "": pb.EXPLAIN_METHOD_UNSPECIFIED,
+    "gradcam": pb.EXPLAIN_METHOD_GRAD_CAM,
+    "hirescam": pb.EXPLAIN_METHOD_HIRES_CAM,
+    "occlusion": pb.EXPLAIN_METHOD_OCCLUSION,
+}
 
 
 class TensorError(ValueError):

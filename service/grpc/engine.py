@@ -42,8 +42,8 @@ class _Served:
 
 
 class Engine:
-    """Computation runs in `executor`'s threads; Predict batches small enough for the numpy
-    runtime run inline on the event loop (see `service.batching`)."""
+    """Computation runs in `executor`'s threads; small Predict batches run inline on the
+    event loop (see `service.batching`)."""
 
     def __init__(self, repository: Repository, executor: Executor, settings: Settings) -> None:
         self.repository = repository
@@ -95,15 +95,14 @@ class Engine:
         layer: str,
         pixels: np.ndarray,
         class_index: int | None = None,
-        hires: bool = False,
+        method: str = "",
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Heatmaps [N, H, W], the classes they explain [N], probabilities [N, classes]."""
-        model.check_layer(layer)
         height, width = model.input_shape[:2]
         self._check_fits(
             f"the heatmaps [{height}, {width}]", pixels, height * width + len(model.class_names)
         )
-        return await self._run(lambda: model.explain(pixels, layer, class_index, hires=hires))
+        return await self._run(lambda: model.explain(pixels, layer, class_index, method=method))
 
     def _serve(self, model: Model) -> _Served:
         served = self._served.get(model)
@@ -128,7 +127,7 @@ class Engine:
             max_batch_size=settings.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
             max_concurrent_batches=settings.inference_threads,
-            inline_max_images=settings.inline_max_images if model.runtime == "numpy" else 0,
+            inline_max_images=settings.inline_max_images,
             max_queued=settings.max_queued_requests,
             name=f"model {model.name!r} version {model.version}",
             observe_batch=observe_batch,

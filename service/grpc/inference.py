@@ -3,9 +3,10 @@
 A model has one input (its metadata's input name, UINT8 or FP32 pixels 0..255, shape
 [N, 28, 28], [N, 28, 28, 1] or [N, 784]) sent as `raw_input_contents` or typed `contents`.
 Its outputs: the probabilities (the default); every layer with a 4-D output by name, which
-returns that layer's feature maps (FeatureMap through V2); and `gradcam` / `hirescam`, the
-heatmaps [N, H, W] of Explain, whose requested output takes the parameters `layer` (string)
-and `class_index` (int64). Outputs come back as little-endian bytes in `raw_output_contents`.
+returns that layer's feature maps (FeatureMap through V2); and `gradcam`, `hirescam` and
+`occlusion`, the heatmaps [N, H, W] of Explain's methods, whose requested output takes the
+parameters `layer` (string, not for occlusion) and `class_index` (int64). Outputs come back
+as little-endian bytes in `raw_output_contents`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from convserve.api.codec import EXPLAIN_METHODS
 from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
 from convserve.api.pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.errors import InvalidInput, NotFound, Unavailable
@@ -33,8 +35,8 @@ DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
     "UINT8": (np.dtype("<u1"), "uint_contents"),
     "FP32": (np.dtype("<f4"), "fp32_contents"),
 }
-# Explain's heatmaps as outputs: name → HiResCAM rather than Grad-CAM.
-EXPLAIN_OUTPUTS = {"gradcam": False, "hirescam": True}
+# Explain's heatmaps as outputs, one per method.
+EXPLAIN_OUTPUTS = tuple(name for name in EXPLAIN_METHODS if name)
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -80,13 +82,13 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return v2.ModelMetadataResponse(
             name=model.name,
             versions=[str(v) for v in self._repository.versions(model.name)],
-            platform="tensorflow_keras",
+            platform="onnxruntime_onnx",
             inputs=[tensor(name=model.input_name, datatype="FP32", shape=[-1, *model.input_shape])],
             outputs=[
                 tensor(name=model.output_name, datatype="FP32", shape=[-1, len(model.class_names)]),
                 *(
                     tensor(name=name, datatype="FP32", shape=[-1, *model.input_shape[:2]])
-                    for name in EXPLAIN_OUTPUTS
+                    for name in model.explain_methods
                 ),
                 *(
                     tensor(
@@ -146,7 +148,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def _infer(self, request: v2.ModelInferRequest) -> v2.ModelInferResponse:
         model = self.engine.model(request.model_name, _version(request.model_version))
         outputs = list(request.outputs) or [v2.ModelInferRequest.InferRequestedOutputTensor()]
-        names = (model.output_name, *EXPLAIN_OUTPUTS, *model.feature_layers)
+        names = (model.output_name, *model.explain_methods, *model.feature_layers)
         for output in outputs:
             if output.name and output.name not in names:
                 raise InvalidInput(
@@ -166,9 +168,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 array = await self.engine.predict(model, pixels)
             elif name in EXPLAIN_OUTPUTS:
                 layer, class_index = explains[name]
-                array, _, _ = await self.engine.explain(
-                    model, layer, pixels, class_index, EXPLAIN_OUTPUTS[name]
-                )
+                array, _, _ = await self.engine.explain(model, layer, pixels, class_index, name)
             else:
                 array, _ = await self.engine.feature_map(model, name, pixels)
             response.outputs.add(name=name, datatype="FP32", shape=array.shape)
@@ -188,7 +188,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server, boundary
 def _explain_parameters(
     output: v2.ModelInferRequest.InferRequestedOutputTensor, model: Model
 ) -> tuple[str, int | None]:
-    """A `gradcam` / `hirescam` output's parameters: (layer, class index or None)."""
+    """An explanation output's parameters: (layer, class index or None)."""
     expected = {"layer": "string_param", "class_index": "int64_param"}
     for key, value in output.parameters.items():
         if expected.get(key) != value.WhichOneof("parameter_choice"):
@@ -199,7 +199,8 @@ def _explain_parameters(
             )
     parameters = output.parameters
     layer = parameters["layer"].string_param if "layer" in parameters else model.explain_layer
-    model.check_layer(layer)
+    if output.name != "occlusion":
+        model.check_layer(layer)
     class_index = parameters["class_index"].int64_param if "class_index" in parameters else None
     return layer, class_index
 

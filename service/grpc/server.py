@@ -43,12 +43,12 @@ class Server:
         self, settings: Settings, *, load_model: Callable[[Path], Model] | None = None
     ) -> None:
         """`load_model(MODELS_DIR/NAME/VERSION)` makes a served model: by default
-        `Model.load` with the settings' runtime."""
+        `Model.load` with the settings' ONNX Runtime threads."""
         self.settings = settings
         self.repository = Repository(
             settings.models_dir,
             settings.default_model,
-            load_model or functools.partial(Model.load, runtime=settings.runtime),
+            load_model or functools.partial(Model.load, threads=settings.onnx_threads),
             settings.version_policy,
         )
         self.metrics_port: int | None = None
@@ -56,7 +56,7 @@ class Server:
             settings.inference_threads, thread_name_prefix="inference"
         )
         self.engine = Engine(self.repository, self._executor, settings)
-        # Loading models is slow (TensorFlow): never in the inference threads' way.
+        # Loading models takes a while: never in the inference threads' way.
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="repository")
         self._watcher: asyncio.Task[None] | None = None
         self._health_names: set[str] = set()

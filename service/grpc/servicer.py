@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from convserve.api.codec import layer_message, to_tensor
+from convserve.api.codec import EXPLAIN_METHODS, layer_message, to_tensor
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from service.errors import InvalidInput
@@ -21,6 +21,7 @@ from service.repository import Repository
 __all__ = ["ConvServeServicer", "add_to_server", "metadata_message"]
 
 DEFAULT_TOP_K = 3
+METHOD_NAMES = {number: name for name, number in EXPLAIN_METHODS.items()}
 
 
 class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
@@ -60,20 +61,21 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ExplainResponse:
         model = self.engine.model(request.model.name, request.model.version)
-        layer = request.layer or model.explain_layer
-        model.check_layer(layer)
-        if request.method not in pb.ExplainMethod.values():
+        if request.method not in METHOD_NAMES:
             raise InvalidInput(
                 f"method {request.method}: expected one of {', '.join(pb.ExplainMethod.keys())}"
             )
+        method = METHOD_NAMES[request.method] or model.default_method
+        layer = "" if method == "occlusion" else request.layer or model.explain_layer
         pixels = await self._pixels(request.images, model)
         class_index = request.class_index if request.HasField("class_index") else None
         heatmaps, classes, probabilities = await self.engine.explain(
-            model, layer, pixels, class_index, request.method == pb.EXPLAIN_METHOD_HIRES_CAM
+            model, layer, pixels, class_index, method
         )
         return pb.ExplainResponse(
             model=pb.ModelSpec(name=model.name, version=model.version),
-            layer=layer_message(model.layers[layer]),
+            layer=layer_message(model.layers[layer]) if layer else None,
+            method=EXPLAIN_METHODS[method],
             heatmaps=to_tensor(heatmaps),
             class_indices=classes.tolist(),
             probabilities=to_tensor(probabilities),

@@ -253,3 +253,21 @@ def test_kustomization_puts_deploy_envoy_yaml_in_the_envoy_config_map() -> None:
     assert generator["files"] == ["envoy.yaml"]
     volumes = _k8s("Deployment", "envoy")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "config", "configMap": {"name": generator["name"]}} in volumes
+
+
+def _cpus(quantity: str | float) -> float:
+    """A Kubernetes CPU quantity ("2", "1500m") or a compose `cpus` in CPUs."""
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_worker_count_matches_the_cpu_limit() -> None:
+    """One worker process per CPU: more share the limit's CPU time, fewer leave it idle."""
+    (container,) = _k8s("Deployment", "convserve")["spec"]["template"]["spec"]["containers"]
+    env = {var["name"]: var["value"] for var in container["env"]}
+    resources = container["resources"]
+    assert _cpus(resources["limits"]["cpu"]) == int(env["CONVSERVE_WORKERS"])
+    assert _cpus(resources["requests"]["cpu"]) == int(env["CONVSERVE_WORKERS"])
+    convserve = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["convserve"]
+    cpus = _cpus(convserve["deploy"]["resources"]["limits"]["cpus"])
+    assert cpus == int(convserve["environment"]["CONVSERVE_WORKERS"])

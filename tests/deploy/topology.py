@@ -142,6 +142,8 @@ def running(models_dir: Path, workdir: Path, replicas: int = 3) -> Iterator[Clus
                 "--metrics-port", str(metrics_port), "--models-dir", str(models_dir),
                 "--default-model", "fashion", "--log-format", "json",
                 "--drain-seconds", DRAIN_SECONDS,
+                # Three replicas on this machine's 2 cores: each a 1-CPU container, one worker.
+                "--workers", "1",
             ]  # fmt: skip
             members.append(Replica(command, port, metrics_port, workdir / f"convserve-{index}.log"))
 

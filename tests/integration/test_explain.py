@@ -1,4 +1,5 @@
-"""Explain (Grad-CAM, HiResCAM) and Filters over real sockets, checked against the saved model."""
+"""Explain (Grad-CAM, HiResCAM, occlusion) and Filters over real sockets, checked against the
+saved Keras model."""
 
 from __future__ import annotations
 
@@ -73,16 +74,57 @@ def test_a_chosen_class_layer_and_method(server, models_dir: Path, test_images) 
     images = test_images.images[:4]
     with Client(server.target) as client:
         trousers = client.explain(images, model="fashion", class_index=1, method="hirescam")
-        grad_cam = client.explain(images, model="fashion", class_index=1)
-        first = client.explain(images, model="layers", layer="conv2d", method="hirescam")
-    assert list(trousers.classes) == [1, 1, 1, 1]
+        grad_cam = client.explain(images, model="fashion", class_index=1, method="gradcam")
+        first = client.explain(images, model="cam", layer="conv2d", method="hirescam")
+    assert list(trousers.classes) == [1, 1, 1, 1] and trousers.method == "hirescam"
     expected = tape_cam(_keras(models_dir, "fashion"), "conv2d", images, trousers.classes, True)
     np.testing.assert_allclose(trousers.heatmaps, expected, rtol=1e-4, atol=1e-6)
     assert trousers.heatmaps.max() > 0
     expected = tape_cam(_keras(models_dir, "fashion"), "conv2d", images, trousers.classes)
     np.testing.assert_allclose(grad_cam.heatmaps, expected, rtol=1e-4, atol=1e-6)
+    # The first of two convs: its gradient goes back through the second conv and its ReLU.
     assert first.layer.name == "conv2d" and first.heatmaps.shape == (4, 28, 28)
-    assert (first.heatmaps >= 0).all()
+    expected = tape_cam(_keras(models_dir, "cam"), "conv2d", images, first.classes, True)
+    np.testing.assert_allclose(first.heatmaps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_default_method_shows_evidence_for_each_head(server, test_images) -> None:
+    """Behind Flatten + Dense, Grad-CAM's mean gradients cancel out and often show nothing;
+    the default there is HiResCAM, behind global average pooling Grad-CAM."""
+    images = test_images.images[:16]
+    with Client(server.target) as client:
+        flatten = client.explain(images, model="fashion")
+        pooled = client.explain(images, model="cam")
+    assert (flatten.method, pooled.method) == ("hirescam", "gradcam")
+    for result in (flatten, pooled):
+        assert (result.heatmaps.max(axis=(1, 2)) > 0).mean() >= 0.9
+
+
+def test_occlusion_is_the_probability_lost_under_a_patch(
+    server, models_dir: Path, test_images
+) -> None:
+    """Recomputed here with Keras: 7x7 patches (a quarter of 28) 3 pixels apart (the last
+    flush with the edge), each pixel's heat the mean drop over the patches covering it."""
+    images = test_images.images[:2]
+    with Client(server.target) as client:
+        result = client.explain(images, model="layers", method="occlusion", class_index=4)
+    assert result.method == "occlusion" and result.layer is None
+    keras_model = _keras(models_dir, "layers")
+    probabilities = keras_model.predict(images[..., None] / 255, verbose=0)[:, 4]
+    starts = [0, 3, 6, 9, 12, 15, 18, 21]
+    expected = np.zeros((2, 28, 28))
+    for index, image in enumerate(images):
+        heat, count = np.zeros((28, 28)), np.zeros((28, 28))
+        for top in starts:
+            for left in starts:
+                occluded = image.astype(np.float32)
+                occluded[top : top + 7, left : left + 7] = 0
+                after = keras_model.predict(occluded[None, ..., None] / 255, verbose=0)[0, 4]
+                heat[top : top + 7, left : left + 7] += probabilities[index] - after
+                count[top : top + 7, left : left + 7] += 1
+        expected[index] = np.maximum(heat / count, 0)
+    np.testing.assert_allclose(result.heatmaps, expected, atol=1e-5)
+    assert result.heatmaps.max() > 0
 
 
 async def test_async_client(server, test_images: Dataset) -> None:
@@ -119,6 +161,10 @@ def test_errors_say_what_was_expected(server, test_images: Dataset) -> None:
             client.explain(images, model="layers", layer="flatten")
         with pytest.raises(NotFound, match="no conv layer 'max_pooling2d'; conv layers: conv2d, "):
             client.filters("max_pooling2d", model="layers")
+        with pytest.raises(
+            InvalidArgument, match=r"has gradcam for layers conv2d_2 .*not for 'conv2d'"
+        ):
+            client.explain(images, model="layers", layer="conv2d", method="gradcam")
         with pytest.raises(ValueError, match="method 'lime'"):
             client.explain(images, method="lime")
         assert client.explain(images).heatmaps.shape == (1, 28, 28)  # still serving
@@ -131,7 +177,7 @@ def test_errors_say_what_was_expected(server, test_images: Dataset) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             pb_grpc.ConvServeStub(channel).Explain(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "method 7: expected one of EXPLAIN_METHOD_GRAD_CAM" in caught.value.details()
+    assert "method 7: expected one of EXPLAIN_METHOD_UNSPECIFIED" in caught.value.details()
 
 
 def _cam_request(images: np.ndarray, *outputs: Any) -> v2.ModelInferRequest:
@@ -140,22 +186,23 @@ def _cam_request(images: np.ndarray, *outputs: Any) -> v2.ModelInferRequest:
     return request
 
 
-def test_v2_gradcam_and_hirescam_outputs(server, test_images: Dataset) -> None:
+def test_v2_explain_outputs(server, test_images: Dataset) -> None:
     images = test_images.images[:3]
     output = v2.ModelInferRequest.InferRequestedOutputTensor
     gradcam = output(name="gradcam")
     hirescam = output(name="hirescam")
     hirescam.parameters["layer"].string_param = "conv2d"
     hirescam.parameters["class_index"].int64_param = 2
+    occlusion = output(name="occlusion")
     with grpc.insecure_channel(server.target) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
         metadata = stub.ModelMetadata(v2.ModelMetadataRequest(name="cam"))
-        response = stub.ModelInfer(_cam_request(images, gradcam, hirescam))
+        response = stub.ModelInfer(_cam_request(images, gradcam, hirescam, occlusion))
         misspelt = output(name="gradcam")
         misspelt.parameters["class"].int64_param = 2
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(_cam_request(images, misspelt))
-    assert {"gradcam": [-1, 28, 28], "hirescam": [-1, 28, 28]}.items() <= {
+    assert {name: [-1, 28, 28] for name in ("gradcam", "hirescam", "occlusion")}.items() <= {
         t.name: list(t.shape) for t in metadata.outputs
     }.items()
     with Client(server.target) as client:
@@ -163,9 +210,11 @@ def test_v2_gradcam_and_hirescam_outputs(server, test_images: Dataset) -> None:
         expected_hires = client.explain(
             images, model="cam", layer="conv2d", class_index=2, method="hirescam"
         ).heatmaps
+        expected_occlusion = client.explain(images, model="cam", method="occlusion").heatmaps
     arrays = [output_array(response, index) for index in range(len(response.outputs))]
-    assert [t.name for t in response.outputs] == ["gradcam", "hirescam"]
+    assert [t.name for t in response.outputs] == ["gradcam", "hirescam", "occlusion"]
     np.testing.assert_allclose(arrays[0], expected_grad, atol=1e-6)
     np.testing.assert_allclose(arrays[1], expected_hires, atol=1e-6)
+    np.testing.assert_allclose(arrays[2], expected_occlusion, atol=1e-6)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "parameter 'class' (int64_param) is not one it takes" in caught.value.details()

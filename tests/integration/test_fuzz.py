@@ -46,7 +46,7 @@ def fuzzed(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         process = subprocess.Popen(
             [sys.executable, "-m", "convserve", "serve", "--host", "127.0.0.1",
              "--port", str(port), "--metrics-port", "-1", "--models-dir", str(models_dir),
-             "--default-model", "fashion", "--max-message-bytes", str(4 << 20)],
+             "--default-model", "fashion", "--max-message-bytes", str(4 << 20), "--workers", "1"],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     target = f"127.0.0.1:{port}"

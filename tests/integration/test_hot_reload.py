@@ -30,7 +30,7 @@ def publish(root: Path, version: int, *, corrupt: bool = False) -> Path:
     metadata = json.loads((staging / "metadata.json").read_text())
     (staging / "metadata.json").write_text(json.dumps({**metadata, "version": version}))
     if corrupt:  # a half-written copy: the bytes no longer match metadata.json's sha256
-        model = staging / "model.keras"
+        model = staging / "model.onnx"
         model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     target = root / "fashion" / str(version)
     staging.rename(target)
@@ -131,7 +131,56 @@ def test_unload_and_load_through_v2_and_the_cli(
     assert (done.returncode, done.stdout.strip()) == (0, "loaded fashion")
 
 
-@pytest.mark.parametrize("damage", ["model.keras cut in half", "metadata.json cut in half"])
+def _cut_in_half(version: Path, file: str) -> None:
+    path = version / file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _onnx_of_another_shape(version: Path) -> None:
+    """A valid graph that takes RGB 32x32 images, recorded with its sha256: not this model."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from convserve.artifact import FileEntry
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["pixels"], ["flat"]),
+         helper.make_node("Softmax", ["flat"], ["probabilities"])],
+        "rgb",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [None, 32, 32, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3072])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              version / "model.onnx")  # fmt: skip
+    metadata = json.loads((version / "metadata.json").read_text())
+    entry = FileEntry.of(version / "model.onnx").to_dict()
+    metadata["files"] = [entry if f["path"] == "model.onnx" else f for f in metadata["files"]]
+    (version / "metadata.json").write_text(json.dumps(metadata))
+
+
+def _format_1(version: Path) -> None:
+    """As convserve wrote versions before ONNX serving: model.keras and metadata.json."""
+    metadata = json.loads((version / "metadata.json").read_text())
+    (keras_file,) = [f for f in metadata.pop("files") if f["path"] == "model.keras"]
+    for path in version.iterdir():
+        if path.name not in ("model.keras", "metadata.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    metadata.update(format_version=1, model_file=keras_file)
+    (version / "metadata.json").write_text(json.dumps(metadata))
+
+
+DAMAGES = {
+    "model.onnx cut in half": (lambda v: _cut_in_half(v, "model.onnx"), "a partial copy"),
+    "metadata.json cut in half": (lambda v: _cut_in_half(v, "metadata.json"), "cannot read it"),
+    "model.onnx of another model": (
+        _onnx_of_another_shape,
+        "metadata.json says pixels [28, 28, 1]",
+    ),
+    "a version from before ONNX": (_format_1, "`convserve export-onnx layers --models-dir "),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_a_broken_model_at_start_up_is_reported_and_the_others_serve(
     models_dir: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -142,8 +191,8 @@ def test_a_broken_model_at_start_up_is_reported_and_the_others_serve(
     root = tmp_path / "models"
     shutil.copytree(models_dir / "fashion" / "1", root / "fashion" / "1")
     shutil.copytree(models_dir / "layers" / "1", root / "layers" / "1")
-    damaged = root / "layers" / "1" / damage.split()[0]
-    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    damaged, reason = root / "layers" / "1", DAMAGES[damage][1]
+    DAMAGES[damage][0](damaged)
     settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, models_dir=root)
     with serving(settings) as server, Client(server.target) as client:
         assert client.predict(np.zeros((1, 28, 28), np.uint8), model="fashion").model == "fashion"
@@ -155,5 +204,5 @@ def test_a_broken_model_at_start_up_is_reported_and_the_others_serve(
             assert not stub.ModelReady(v2.ModelReadyRequest(name="layers")).ready
             index = stub.RepositoryIndex(v2.RepositoryIndexRequest())
     (entry,) = [m for m in index.models if m.name == "layers"]
-    assert entry.state == "UNAVAILABLE" and str(damaged.parent) in entry.reason
+    assert entry.state == "UNAVAILABLE" and str(damaged) in entry.reason and reason in entry.reason
     assert any("layers" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)

@@ -63,7 +63,10 @@ def test_metrics_count_requests_by_model_method_and_code(server) -> None:
 
 @pytest.fixture(scope="module")
 def serve_process(models_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`convserve serve` as its own process, configured by flags and a CONVSERVE_* variable."""
+    """`convserve serve` as its own process, configured by flags and a CONVSERVE_* variable;
+    default workers: one per CPU available. Yielded once every worker serves."""
+    from service.cpus import available_cpus
+
     port = free_port()
     env = {**os.environ, "CONVSERVE_DEFAULT_MODEL": "fashion"}
     process = subprocess.Popen(
@@ -73,10 +76,13 @@ def serve_process(models_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str
         stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert process.stderr is not None
-    for line in process.stderr:  # wait for the log line that follows SERVING
+    serving = 0
+    for line in process.stderr:  # wait for each worker's log line that follows SERVING
         if line.startswith("{") and json.loads(line)["message"].startswith("serving "):
             assert json.loads(line)["level"] == "INFO"
-            break
+            serving += 1
+            if serving == available_cpus():
+                break
     else:
         pytest.fail(f"the server exited with {process.wait()} before serving")
     yield process, f"127.0.0.1:{port}"
@@ -148,6 +154,21 @@ def test_cli_against_a_served_process(serve_process, tmp_path: Path) -> None:
 
     missing = _cli("predict", "--target", target, "--model", "shoes", str(files[0]))
     assert missing.returncode == 2 and "NOT_FOUND: model 'shoes' is not loaded" in missing.stderr
+
+
+def test_no_server_process_loads_tensorflow(serve_process) -> None:
+    """The supervisor and every worker run ONNX Runtime; TensorFlow's libraries are in none."""
+    from service.cpus import available_cpus
+
+    process, _ = serve_process
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    workers = [int(pid) for pid in children] or [process.pid]
+    assert len(workers) == available_cpus()
+    for pid in {process.pid, *workers}:
+        libraries = Path(f"/proc/{pid}/maps").read_text()
+        assert "tensorflow" not in libraries, f"process {pid} has TensorFlow loaded"
+    for pid in workers:
+        assert "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def test_access_log_and_sigterm(serve_process) -> None:

@@ -31,7 +31,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, train.Trai
 def test_export_writes_a_versioned_artifact(exported: tuple[Path, train.TrainResult]) -> None:
     path, _ = exported
     assert path.name == "1" and path.parent.name == "fashion"
-    assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.keras", "report"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "explain.onnx", "features.onnx", "filters.npz", "metadata.json", "model.keras",
+        "model.onnx", "report",
+    ]  # fmt: skip
     assert [p.name for p in path.parent.iterdir()] == ["1"]  # no staging dir left behind
 
 
@@ -48,7 +51,9 @@ def test_metadata_describes_the_model(exported: tuple[Path, train.TrainResult]) 
     assert meta["evaluation"]["test_examples"] == 500
     assert meta["parameters"] == result.model.count_params()
     assert meta["framework"]["tensorflow"] and meta["framework"]["keras"]
-    assert meta["model_file"]["sha256"] == sha256_file(path / "model.keras")
+    assert meta["framework"]["tf2onnx"] and meta["framework"]["onnxruntime"]
+    for entry in meta["files"]:
+        assert entry["sha256"] == sha256_file(path / entry["path"])
     conv = meta["layers"][0]
     assert conv == conv | {
         "name": "conv2d", "type": "Conv2D", "filters": 4, "kernel_size": [3, 3], "strides": [2, 2],

@@ -15,13 +15,17 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 
 class ExplainMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    EXPLAIN_METHOD_GRAD_CAM: _ClassVar[ExplainMethod]
+    EXPLAIN_METHOD_UNSPECIFIED: _ClassVar[ExplainMethod]
     EXPLAIN_METHOD_HIRES_CAM: _ClassVar[ExplainMethod]
+    EXPLAIN_METHOD_GRAD_CAM: _ClassVar[ExplainMethod]
+    EXPLAIN_METHOD_OCCLUSION: _ClassVar[ExplainMethod]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_UINT8: DataType
 DATA_TYPE_FLOAT32: DataType
-EXPLAIN_METHOD_GRAD_CAM: ExplainMethod
+EXPLAIN_METHOD_UNSPECIFIED: ExplainMethod
 EXPLAIN_METHOD_HIRES_CAM: ExplainMethod
+EXPLAIN_METHOD_GRAD_CAM: ExplainMethod
+EXPLAIN_METHOD_OCCLUSION: ExplainMethod
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "content")
@@ -160,20 +164,22 @@ class ExplainRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., layer: _Optional[str] = ..., class_index: _Optional[int] = ..., method: _Optional[_Union[ExplainMethod, str]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "layer", "heatmaps", "class_indices", "probabilities", "class_names")
+    __slots__ = ("model", "layer", "heatmaps", "class_indices", "probabilities", "class_names", "method")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     HEATMAPS_FIELD_NUMBER: _ClassVar[int]
     CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     layer: Layer
     heatmaps: Tensor
     class_indices: _containers.RepeatedScalarFieldContainer[int]
     probabilities: Tensor
     class_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., layer: _Optional[_Union[Layer, _Mapping]] = ..., heatmaps: _Optional[_Union[Tensor, _Mapping]] = ..., class_indices: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    method: ExplainMethod
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., layer: _Optional[_Union[Layer, _Mapping]] = ..., heatmaps: _Optional[_Union[Tensor, _Mapping]] = ..., class_indices: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., method: _Optional[_Union[ExplainMethod, str]] = ...) -> None: ...
 
 class FiltersRequest(_message.Message):
     __slots__ = ("model", "layer")

@@ -1,0 +1,60 @@
+"""The CPUs this process may use: its CPU affinity, capped by its cgroup's CPU quota."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path, PurePosixPath
+
+__all__ = ["available_cpus"]
+
+
+def available_cpus(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Path("/proc/self/cgroup")
+) -> int:
+    """min(CPU affinity, the cgroup CPU quota rounded up), at least 1.
+
+    Not os.cpu_count(): that is the node's, so a container limited to 1 CPU on a 64-core node
+    would start 64 workers that share one CPU's time (and need 64 times the memory).
+    """
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota = _cgroup_quota(cgroup_root, _own_cgroups(proc_self_cgroup))
+    except (OSError, ValueError):  # an unreadable or unexpected file: no known quota
+        quota = None
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))  # 1.5 CPUs of time: more than 1 process uses
+    return max(1, cpus)  # never 0 workers, whatever a file says
+
+
+def _own_cgroups(proc_self_cgroup: Path) -> dict[str, str]:
+    """Controller → this process's cgroup path; "" is cgroup v2's ("0::/path")."""
+    if not proc_self_cgroup.is_file():
+        return {}
+    lines = (line.split(":", 2) for line in proc_self_cgroup.read_text().splitlines() if line)
+    return {name: path for _, names, path in lines for name in names.split(",")}
+
+
+def _lineage(base: Path, path: str) -> list[Path]:
+    """base/path and its ancestors up to base: a quota on any of them applies. A container
+    without its own cgroup namespace sees the host's path, absent under its mount, where base
+    itself is the container's cgroup."""
+    parts = PurePosixPath(path.lstrip("/")).parts
+    return [base.joinpath(*parts[:end]) for end in range(len(parts), -1, -1)]
+
+
+def _cgroup_quota(root: Path, own: dict[str, str]) -> float | None:
+    """The tightest CPU quota in CPUs (1.5: 150 ms per 100 ms), None if there is none."""
+    v2 = [d / "cpu.max" for d in _lineage(root, own.get("", "/")) if (d / "cpu.max").is_file()]
+    limits: list[float] = []
+    if v2:  # cpu.max: "QUOTA PERIOD" in µs, QUOTA "max" for none
+        for quota, period in (file.read_text().split() for file in v2):
+            if quota != "max":
+                limits.append(int(quota) / int(period))
+    else:  # cgroup v1: cpu.cfs_quota_us is -1 for none
+        for d in _lineage(root / "cpu", own.get("cpu", "/")):
+            if (d / "cpu.cfs_quota_us").is_file():
+                quota_us = int((d / "cpu.cfs_quota_us").read_text())
+                if quota_us > 0:
+                    limits.append(quota_us / int((d / "cpu.cfs_period_us").read_text()))
+    return min(limits, default=None)

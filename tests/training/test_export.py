@@ -1,0 +1,134 @@
+"""The served form: ONNX graphs that ONNX Runtime runs as Keras does, or no version at all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from convserve import artifact, fashion_mnist
+from training.export import TOLERANCE, ExportError, check, write_served_form
+from training.model import ConvLayer, ModelConfig, build_model
+from training.reference import conv2d
+from training.train import PREPROCESSING
+
+pytestmark = pytest.mark.integration  # TensorFlow, tf2onnx and the real test images
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return fashion_mnist.load("test", limit=64).images
+
+
+def _served(config: ModelConfig, directory: Path, images: np.ndarray) -> tuple[Any, Path]:
+    """An untrained model of `config` (its random weights are as good a check as trained
+    ones) written out as the server would get it."""
+    model = build_model(config, 10)
+    directory.mkdir(exist_ok=True)
+    written = write_served_form(model, directory, PREPROCESSING, images)
+    assert all((directory / entry.path).is_file() for entry in written)
+    return model, directory
+
+
+def _session(path: Path) -> onnxruntime.InferenceSession:
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_every_graph_computes_what_keras_and_the_reference_compute(
+    tmp_path: Path, images: np.ndarray
+) -> None:
+    import keras
+
+    config = ModelConfig(conv=(ConvLayer(4, 3, padding="same"), ConvLayer(6, 3, strides=2)))
+    model, directory = _served(config, tmp_path, images)
+    pixels = images[..., None].astype(np.float32)
+    inputs = pixels * PREPROCESSING.scale
+    (probabilities,) = _session(directory / artifact.ONNX_FILE).run(None, {"pixels": pixels})
+    np.testing.assert_allclose(probabilities, model.predict(inputs, verbose=0), atol=TOLERANCE)
+
+    features = _session(directory / artifact.FEATURES_FILE)
+    first, first_pre, second_pre = features.run(
+        ["conv2d", "conv2d.pre_activation", "conv2d_1.pre_activation"], {"pixels": pixels}
+    )
+    conv = model.get_layer("conv2d")
+    kernel, bias = conv.get_weights()
+    reference = conv2d(inputs[:4], kernel, bias, padding="same")  # the course's loops
+    np.testing.assert_allclose(first_pre[:4], reference, atol=TOLERANCE)
+    np.testing.assert_allclose(first, np.maximum(first_pre, 0), atol=TOLERANCE)
+    below = keras.Model(model.input, model.get_layer("conv2d_1").input)(inputs[:4]).numpy()
+    second = model.get_layer("conv2d_1")
+    expected = conv2d(below, *second.get_weights(), strides=2)
+    np.testing.assert_allclose(second_pre[:4], expected, atol=TOLERANCE)
+
+    filters = np.load(directory / artifact.FILTERS_FILE)
+    np.testing.assert_array_equal(filters["conv2d.kernel"], kernel)
+    np.testing.assert_array_equal(filters["conv2d.bias"], bias)
+    explain = _session(directory / artifact.EXPLAIN_FILE)
+    assert {o.name for o in explain.get_outputs()} == {
+        "probabilities", "classes", "conv2d.gradcam", "conv2d.hirescam", "conv2d_1.gradcam",
+        "conv2d_1.hirescam",
+    }  # fmt: skip
+
+
+def test_which_heads_get_gradient_explanations(tmp_path: Path, images: np.ndarray) -> None:
+    """A hidden Dense(relu) exports (its ReLU gradient is taught to tf2onnx); max pooling's
+    gradient does not, so only the convs after the last pooling have gradient graphs."""
+    _, hidden = _served(ModelConfig(conv=(ConvLayer(4, 3),), dense_units=8), tmp_path / "a", images)
+    outputs = {o.name for o in _session(hidden / artifact.EXPLAIN_FILE).get_outputs()}
+    assert "conv2d.hirescam" in outputs
+    pooled = ModelConfig(conv=(ConvLayer(4, 3, pool_size=2), ConvLayer(4, 3)))
+    _, after = _served(pooled, tmp_path / "b", images)
+    outputs = {o.name for o in _session(after / artifact.EXPLAIN_FILE).get_outputs()}
+    assert "conv2d_1.gradcam" in outputs and "conv2d.gradcam" not in outputs
+    _, last = _served(ModelConfig(conv=(ConvLayer(4, 3, pool_size=2),)), tmp_path / "c", images)
+    assert not (last / artifact.EXPLAIN_FILE).exists()
+
+
+def test_a_graph_that_differs_from_keras_is_refused_naming_the_output(
+    tmp_path: Path, images: np.ndarray
+) -> None:
+    model, directory = _served(ModelConfig(conv=(ConvLayer(4, 3),)), tmp_path, images)
+    session = _session(directory / artifact.ONNX_FILE)
+    pixels = images[:8, ..., None].astype(np.float32)
+
+    def keras_off_by_a_little(pixels: Any) -> dict[str, Any]:
+        return {"probabilities": model(pixels * PREPROCESSING.scale).numpy() + 1e-4}
+
+    with pytest.raises(ExportError, match=r"model.onnx: output 'probabilities' differs from Keras"):
+        check("model.onnx", keras_off_by_a_little, session, {"pixels": pixels})
+
+
+def test_export_onnx_brings_a_version_from_before_onnx_up_to_date(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "models"
+    old = root / "fashion" / "1"
+    shutil.copytree(models_dir / "fashion" / "1", old)
+    metadata = json.loads((old / "metadata.json").read_text())
+    (keras_file,) = [f for f in metadata.pop("files") if f["path"] == "model.keras"]
+    for path in old.iterdir():
+        if path.name not in ("model.keras", "metadata.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    metadata.update(format_version=1, model_file=keras_file)
+    (old / "metadata.json").write_text(json.dumps(metadata))
+
+    cli = [sys.executable, "-m", "convserve", "export-onnx", "fashion", "--models-dir", str(root)]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"exported {root / 'fashion' / '2'}: explain.onnx, ")
+    new = artifact.read(root / "fashion" / "2")
+    on_disk = json.loads((root / "fashion" / "2" / "metadata.json").read_text())
+    assert on_disk["format_version"] == artifact.FORMAT_VERSION
+    assert {f.path for f in new.files} >= {"model.keras", "model.onnx", "features.onnx"}
+    assert new.classes == tuple(metadata["classes"]) and new.training["exported_from_version"] == 1
+    cli[4] = "nope"
+    again = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "no version" in again.stderr

@@ -1,0 +1,296 @@
+"""The served form of a Keras classifier: ONNX graphs checked against Keras, and its filters.
+
+tf2onnx converts `tf.function`s over the Keras model (Keras 3's own `model.export(...,
+format="onnx")` goes through it too). Every graph takes raw pixels with the preprocessing
+inside, so the server feeds what callers send. Before anything is published, ONNX Runtime
+runs each graph on real test images and every output must equal Keras's (see `check`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convserve import artifact, fashion_mnist
+from convserve.artifact import (
+    EXPLAIN_FILE,
+    FEATURES_FILE,
+    FILTERS_FILE,
+    KERAS_FILE,
+    ONNX_FILE,
+    FileEntry,
+    Metadata,
+    Preprocessing,
+)
+
+__all__ = ["EXPLAIN_BATCH", "TOLERANCE", "ExportError", "export_onnx", "write_served_form"]
+
+log = logging.getLogger(__name__)
+
+# The largest difference allowed between ONNX Runtime's and Keras's outputs, relative to the
+# output's magnitude when that is above 1 (float32 sums of a few hundred terms).
+TOLERANCE = 1e-5
+OPSET = 17
+# The explanation graph's fixed batch: with a dynamic batch, tf2onnx turns the gradient of
+# global average pooling into a Reshape that ONNX Runtime refuses. The server pads to it.
+EXPLAIN_BATCH = 8
+CHECK_IMAGES = 256  # how many test images each graph is checked on
+
+Function = Callable[..., dict[str, Any]]
+
+
+class ExportError(RuntimeError):
+    """The trained model cannot be published: its shapes differ from the output-size formula,
+    or a served graph differs from Keras (the message names the graph and the output)."""
+
+
+def write_served_form(
+    model: Any, directory: Path, preprocessing: Preprocessing, test_images: np.ndarray
+) -> list[FileEntry]:
+    """Write model.onnx, features.onnx, explain.onnx (when the gradients export) and
+    filters.npz into `directory`, each checked on `test_images` (pixels 0..255,
+    [N, H, W, C] or [N, H, W]); returns their entries for metadata.json."""
+    prepared = _Prepared(model, preprocessing)
+    pixels = np.asarray(test_images[:CHECK_IMAGES], np.float32).reshape(-1, *prepared.shape)
+    written = []
+    for file, function in ((ONNX_FILE, prepared.predict()), (FEATURES_FILE, prepared.features())):
+        session = _convert(function, directory / file)
+        check(file, function, session, {"pixels": pixels})
+        written.append(directory / file)
+    explain = _explain_graph(prepared, directory / EXPLAIN_FILE, pixels)
+    if explain is not None:
+        written.append(explain)
+    filters = {}
+    for layer in prepared.convs:
+        filters[f"{layer.name}.kernel"] = np.asarray(layer.kernel, np.float32)
+        if layer.use_bias:
+            filters[f"{layer.name}.bias"] = np.asarray(layer.bias, np.float32)
+    np.savez(directory / FILTERS_FILE, **filters)  # type: ignore[arg-type]
+    written.append(directory / FILTERS_FILE)
+    return [FileEntry.of(path) for path in written]
+
+
+def export_onnx(
+    models_dir: Path, name: str, version: int = 0, *, data_dir: Path | None = None
+) -> Path:
+    """Publish the next version of `name` with version `version`'s model.keras (0: the latest)
+    and its served form, checked on Fashion-MNIST's test images of the model's classes: for
+    versions written before convserve served ONNX. Returns the new version's directory."""
+    import datetime as dt
+
+    import keras
+
+    root = Path(models_dir) / name
+    versions = sorted(int(p.name) for p in root.glob("[0-9]*") if p.name.isdigit())
+    if not versions or (version and version not in versions):
+        raise ExportError(f"{root}: no version {version or ''} to export (found {versions})")
+    source = root / str(version or versions[-1])
+    metadata = artifact.read(source)
+    if metadata.file(KERAS_FILE) is None:
+        raise ExportError(f"{source}: no {KERAS_FILE} to export from")
+    model = keras.models.load_model(source / KERAS_FILE, compile=False)
+    images = fashion_mnist.load(
+        "test", data_dir=data_dir, classes=metadata.classes, limit=CHECK_IMAGES
+    ).images
+
+    def build(directory: Path, new_version: int) -> Metadata:
+        if not (directory / KERAS_FILE).exists():  # not on a second try
+            shutil.copy2(source / KERAS_FILE, directory / KERAS_FILE)
+        files = write_served_form(model, directory, metadata.preprocessing, images)
+        return dataclasses.replace(
+            metadata,
+            version=new_version,
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            files=(FileEntry.of(directory / KERAS_FILE), *files),
+            training={**metadata.training, "exported_from_version": metadata.version},
+        )
+
+    return artifact.publish(models_dir, name, build)
+
+
+def check(file: str, function: Function, session: Any, feeds: dict[str, np.ndarray]) -> None:
+    """Raise ExportError unless every output of `session` equals `function`'s (Keras)."""
+    expected = {name: np.asarray(value) for name, value in function(**feeds).items()}
+    names = [output.name for output in session.get_outputs()]
+    for name, actual in zip(names, session.run(names, feeds), strict=True):
+        difference = float(np.abs(actual - expected[name]).max(initial=0))
+        magnitude = max(1.0, float(np.abs(expected[name]).max(initial=0)))
+        if not difference <= TOLERANCE * magnitude:
+            raise ExportError(
+                f"{file}: output {name!r} differs from Keras by {difference:.3g} on "
+                f"{len(feeds['pixels'])} test images (allowed: {TOLERANCE * magnitude:.3g})"
+            )
+
+
+class _Prepared:
+    """`tf.function`s of the model on raw pixels, with the preprocessing inside."""
+
+    def __init__(self, model: Any, preprocessing: Preprocessing) -> None:
+        import keras
+        import tensorflow as tf
+
+        self.model = model
+        self.scale, self.offset = preprocessing.scale, preprocessing.offset
+        self.shape = tuple(int(d) for d in model.input.shape[1:])
+        self.convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+        self.maps = [
+            layer
+            for layer in model.layers
+            if type(layer).__name__ != "InputLayer" and len(layer.output.shape) == 4
+        ]
+        self._tf = tf
+
+    def spec(self, batch: int | None = None) -> Any:
+        return self._tf.TensorSpec([batch, *self.shape], self._tf.float32, name="pixels")
+
+    def inputs(self, pixels: Any) -> Any:
+        return pixels * self.scale + self.offset
+
+    def predict(self) -> Any:
+        def predict(pixels: Any) -> dict[str, Any]:
+            return {"probabilities": self.model(self.inputs(pixels), training=False)}
+
+        return self._tf.function(predict, input_signature=[self.spec()])
+
+    def features(self) -> Any:
+        """Every image-like layer's output, and each conv's convolution + bias before its
+        activation (the layer's own computation split in two)."""
+        import keras
+
+        taps = keras.Model(
+            self.model.input,
+            [layer.output for layer in self.maps] + [layer.input for layer in self.convs],
+        )
+
+        def features(pixels: Any) -> dict[str, Any]:
+            outputs = taps(self.inputs(pixels), training=False)
+            result = {layer.name: out for layer, out in zip(self.maps, outputs, strict=False)}
+            for layer, below in zip(self.convs, outputs[len(self.maps) :], strict=True):
+                pre = layer.convolution_op(below, layer.kernel)
+                result[f"{layer.name}.pre_activation"] = pre + layer.bias if layer.use_bias else pre
+            return result
+
+        return self._tf.function(features, input_signature=[self.spec()])
+
+    def explain(self, layers: list[Any]) -> Any:
+        """Grad-CAM and HiResCAM of `layers` (see convserve.proto's ExplainMethod), for each
+        image's `class_index` (-1: its most probable class); the score is the class's logit."""
+        import keras
+
+        tf = self._tf
+        classifier = self.model.layers[-1]  # Dense(classes, softmax)
+        both = keras.Model(
+            self.model.input, [layer.output for layer in layers] + [classifier.input]
+        )
+        height, width = self.shape[:2]
+
+        def explain(pixels: Any, class_index: Any) -> dict[str, Any]:
+            with tf.GradientTape() as tape:
+                *maps, features = both(self.inputs(pixels), training=False)
+                logits = tf.matmul(features, classifier.kernel)
+                if classifier.use_bias:
+                    logits += classifier.bias
+                predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
+                classes = tf.where(class_index < 0, predicted, class_index)
+                # Each image's score depends on its own maps only: one gradient for the batch.
+                scores = tf.gather(logits, classes, batch_dims=1)
+            gradients = tape.gradient(scores, maps)
+            result = {"probabilities": classifier.activation(logits), "classes": classes}
+            for layer, activations, gradient in zip(layers, maps, gradients, strict=True):
+                # Grad-CAM weighs each channel by its mean gradient, HiResCAM each position.
+                mean = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)
+                for method, weights in (("gradcam", mean), ("hirescam", gradient)):
+                    cam = tf.nn.relu(tf.reduce_sum(weights * activations, -1, keepdims=True))
+                    resized = tf.image.resize(cam, (height, width), method="bilinear")
+                    result[f"{layer.name}.{method}"] = resized[..., 0]
+            return result
+
+        signature = [
+            self.spec(EXPLAIN_BATCH),
+            tf.TensorSpec([EXPLAIN_BATCH], tf.int32, name="class_index"),
+        ]
+        return tf.function(explain, input_signature=signature)
+
+
+def _explain_graph(prepared: _Prepared, path: Path, pixels: np.ndarray) -> Path | None:
+    """The gradient explanations of the conv layers no max pooling follows (tf2onnx cannot
+    convert MaxPool's gradient), if the model ends in Dense; else none: occlusion, which needs
+    no gradient, still explains the model."""
+    import keras
+
+    model = prepared.model
+    if not isinstance(model.layers[-1], keras.layers.Dense):
+        return None
+    pools = [
+        i for i, layer in enumerate(model.layers) if isinstance(layer, keras.layers.MaxPooling2D)
+    ]
+    layers = [
+        layer for layer in prepared.convs if model.layers.index(layer) > max(pools, default=-1)
+    ]
+    if not layers:
+        return None
+    function = prepared.explain(layers)
+    try:
+        session = _convert(function, path)
+    except Exception as exc:  # tf2onnx and ONNX Runtime raise many kinds
+        log.warning("no gradient explanations (occlusion only): the graph does not export: %s", exc)
+        path.unlink(missing_ok=True)
+        return None
+    batch = np.resize(pixels, (EXPLAIN_BATCH, *pixels.shape[1:]))
+    classes = np.arange(EXPLAIN_BATCH, dtype=np.int32) % 2 - 1  # the predicted class, class 0, …
+    check(EXPLAIN_FILE, function, session, {"pixels": batch, "class_index": classes})
+    return path
+
+
+def _convert(function: Any, path: Path) -> Any:
+    """Convert `function` to ONNX at `path`; the ONNX Runtime session that will check it."""
+    import onnxruntime
+    import tf2onnx
+
+    _register_gradient_ops()
+    graph, _ = tf2onnx.convert.from_function(
+        function, input_signature=function.input_signature, opset=OPSET
+    )
+    data = graph.SerializeToString()
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    path.write_bytes(data)
+    return session
+
+
+@functools.cache
+def _register_gradient_ops() -> None:
+    """Teach tf2onnx two ops of TensorFlow's gradients it lacks: ReluGrad (behind a
+    Dense(relu) or a conv's relu) and ShapeN (before a conv's input gradient)."""
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("ReluGrad")
+    class ReluGrad:
+        @classmethod
+        def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+            gradients, features = node.input
+            zero = ctx.make_const(utils.make_name("zero"), np.zeros((), np.float32)).output[0]
+            positive = ctx.make_node("Greater", [features, zero]).output[0]
+            shape, dtype = ctx.get_shape(node.output[0]), ctx.get_dtype(node.output[0])
+            ctx.remove_node(node.name)
+            ctx.make_node(
+                "Where", [positive, gradients, zero], name=node.name, outputs=node.output,
+                shapes=[shape], dtypes=[dtype],
+            )  # fmt: skip
+
+    @tf_op("ShapeN")
+    class ShapeN:
+        @classmethod
+        def version_1(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+            for tensor, output in zip(node.input, node.output, strict=True):
+                shape = ctx.make_node("Shape", [tensor]).output[0]
+                cast = ctx.make_node("Cast", [shape], attr={"to": ctx.get_dtype(output)})
+                ctx.replace_all_inputs(output, cast.output[0])
+            ctx.remove_node(node.name)
