@@ -27,18 +27,24 @@ def free_port() -> int:
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (the workers of --workers N)."""
-    total = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            total += int(line.split()[1]) / 1024
+    return sum(process_rss_mb(pid))
+
+
+def process_rss_mb(pid: int) -> list[float]:
+    """Resident memory of a process, then of each of its descendants."""
+    sizes = [
+        int(line.split()[1]) / 1024
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    ]
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             children = (task / "children").read_text().split()
         except FileNotFoundError:  # the thread ended meanwhile
             continue
         for child in children:
-            total += rss_mb(int(child))
-    return total
+            sizes += process_rss_mb(int(child))
+    return sizes
 
 
 def grpc_frame(message: bytes) -> bytes:

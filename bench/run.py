@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import grpc_frame, rss_mb, start_ceiling, start_convserve, stop
+from common import grpc_frame, process_rss_mb, rss_mb, start_ceiling, start_convserve, stop
 
 from client.client import predict_request
 from convserve.fashion_mnist import load
@@ -51,6 +51,7 @@ CASES = (
     Case("1 img uint8  c64", "uint8", 1, 4, 16),
     Case("1 img f32    c64", "float32", 1, 4, 16),
     Case("64 img uint8 c8", "uint8", 64, 2, 4),
+    Case("64 img uint8 c64", "uint8", 64, 4, 16),
 )
 
 
@@ -180,6 +181,7 @@ def main() -> None:
                         spy.wait()
                 rows.append((case, best(ceiling_runs), best(convserve_runs)))
         rss = rss_mb(server.pid)
+        processes = process_rss_mb(server.pid)
     finally:
         stop(server)
         stop(ceiling)
@@ -198,7 +200,10 @@ def main() -> None:
                 f"{result.p50_ms:7.3f} {result.p99_ms:7.3f} {ratio:6.2f} {result.errors:6d}"
             )
     print("ratio: mean latency ÷ ceiling's at c1, req/s ÷ ceiling's otherwise")
-    print(f"convserve: start to SERVING {to_serving:.2f} s, RSS after the run {rss:.0f} MB")
+    print(
+        f"convserve: start to SERVING {to_serving:.2f} s, RSS after the run {rss:.0f} MB "
+        f"({', '.join(f'{mb:.0f}' for mb in processes)} MB per process)"
+    )
     if args.profile and args.profile.suffix != ".svg":
         print(f"\nprofile of the c64 uint8 case ({args.profile}), self time:")
         for frame, share in top_frames(args.profile):
