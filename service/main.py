@@ -102,8 +102,8 @@ class JsonFormatter(logging.Formatter):
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.grpc.boundary import ACCESS_LOGGER
-    from service.settings import Settings
+    # The supervisor of --workers imports no more than this: ~40 MB, not a server's ~100.
+    from service.settings import ACCESS_LOGGER, Settings
 
     values = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
     try:
@@ -146,7 +146,7 @@ def supervise(settings: Any) -> int:
 
     from pydantic import SecretStr
 
-    from service.grpc.server import WORKER_ENV
+    from service.settings import WORKER_ENV
 
     log = logging.getLogger(__name__)
     if settings.port == 0:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import socket
 import threading
 import urllib.request
@@ -66,6 +68,17 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         report=False,
     )
     return root
+
+
+def as_format_1(version: Path) -> None:
+    """Turn a version into one written before ONNX serving: model.keras and metadata.json."""
+    metadata = json.loads((version / "metadata.json").read_text())
+    (keras_file,) = [f for f in metadata.pop("files") if f["path"] == "model.keras"]
+    for path in version.iterdir():
+        if path.name not in ("model.keras", "metadata.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    metadata.update(format_version=1, model_file=keras_file)
+    (version / "metadata.json").write_text(json.dumps(metadata))
 
 
 @dataclass

@@ -8,7 +8,6 @@ them in constant time; no token ever reaches a log line, an error message or a m
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,54 +15,19 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from service.grpc.boundary import HANDLERS, record
+from service.tokens import Tokens, digest
 
-__all__ = ["SCOPES", "TokenAuth", "load_tokens", "parse_tokens"]
+__all__ = ["TokenAuth"]
 
-SCOPES = ("inference", "admin")
 ADMIN_METHODS = frozenset(
     f"/inference.GRPCInferenceService/RepositoryModel{action}" for action in ("Load", "Unload")
 )
 OPEN_PREFIX = "/grpc.health.v1.Health/"  # probes never need a token
-MIN_TOKEN_LENGTH = 16
-
-Tokens = list[tuple[bytes, str]]  # (SHA-256 of a token, its scope)
 
 if TYPE_CHECKING:  # generic for the type checker only
     Interceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     Interceptor = grpc.aio.ServerInterceptor
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-def parse_tokens(entries: Sequence[str], source: str) -> Tokens:
-    """TOKEN:SCOPE entries → digests and scopes; errors name the entry, never the token."""
-    tokens = []
-    for number, entry in enumerate(entries, 1):
-        token, _, scope = entry.rpartition(":")
-        if scope not in SCOPES or not token:
-            raise ValueError(
-                f"{source}: entry {number} is not TOKEN:SCOPE with scope inference or admin"
-            )
-        if len(token) < MIN_TOKEN_LENGTH:
-            raise ValueError(
-                f"{source}: the token of entry {number} is shorter than {MIN_TOKEN_LENGTH} "
-                "characters"
-            )
-        tokens.append((_digest(token), scope))
-    return tokens
-
-
-def load_tokens(settings: Any) -> Tokens:
-    """Every token the settings give: the environment's and the file's (# starts a comment)."""
-    tokens = parse_tokens(settings.auth_tokens.get_secret_value().split(), "auth_tokens")
-    if settings.auth_tokens_file is not None:
-        path = settings.auth_tokens_file
-        lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
-        tokens += parse_tokens([line for line in lines if line], str(path))
-    return tokens
 
 
 class TokenAuth(Interceptor):
@@ -117,9 +81,9 @@ class TokenAuth(Interceptor):
 
     def _scope(self, token: str) -> str | None:
         """The token's scope; every known digest is compared, in constant time each."""
-        digest, found = _digest(token), None
+        presented, found = digest(token), None
         for known, scope in self._tokens:
-            if hmac.compare_digest(known, digest):
+            if hmac.compare_digest(known, presented):
                 found = scope
         return found
 

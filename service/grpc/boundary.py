@@ -30,9 +30,9 @@ from google.protobuf.descriptor import ServiceDescriptor
 from service import metrics
 from service.calls import ANSWERED_BY, DEADLINE
 from service.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, ServiceError
+from service.settings import ACCESS_LOGGER
 
 __all__ = [
-    "ACCESS_LOGGER",
     "HANDLERS",
     "REQUEST_ID_KEY",
     "Boundary",
@@ -41,8 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# One INFO line per answered call or stream message; `convserve serve --access-log true`.
-ACCESS_LOGGER = "convserve.access"
 access = logging.getLogger(ACCESS_LOGGER)
 
 # Longer error messages are cut: gRPC clients refuse trailers over 8-16 KB.

@@ -18,19 +18,18 @@ from grpc_reflection.v1alpha import reflection
 
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from service.grpc import inference, servicer
-from service.grpc.auth import TokenAuth, load_tokens
+from service.grpc.auth import TokenAuth
 from service.grpc.boundary import Boundary
 from service.grpc.engine import Engine
 from service.model import Model
 from service.repository import Repository
-from service.settings import Settings
+from service.settings import WORKER_ENV, Settings
+from service.tokens import load_tokens
 
 __all__ = ["Server"]
 
 log = logging.getLogger(__name__)
 
-# Set by `--workers` for its children, the only processes that may share a port.
-WORKER_ENV = "CONVSERVE_SHARED_PORT_WORKER"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConvServe"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -20,7 +20,7 @@ import pytest
 from client import AsyncClient, Client
 from client.errors import ConvserveError
 from convserve.fashion_mnist import Dataset
-from tests.conftest import RunningServer, serving
+from tests.conftest import RunningServer, as_format_1, serving
 
 
 def publish(root: Path, version: int, *, corrupt: bool = False) -> Path:
@@ -158,17 +158,6 @@ def _onnx_of_another_shape(version: Path) -> None:
     (version / "metadata.json").write_text(json.dumps(metadata))
 
 
-def _format_1(version: Path) -> None:
-    """As convserve wrote versions before ONNX serving: model.keras and metadata.json."""
-    metadata = json.loads((version / "metadata.json").read_text())
-    (keras_file,) = [f for f in metadata.pop("files") if f["path"] == "model.keras"]
-    for path in version.iterdir():
-        if path.name not in ("model.keras", "metadata.json"):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    metadata.update(format_version=1, model_file=keras_file)
-    (version / "metadata.json").write_text(json.dumps(metadata))
-
-
 DAMAGES = {
     "model.onnx cut in half": (lambda v: _cut_in_half(v, "model.onnx"), "a partial copy"),
     "metadata.json cut in half": (lambda v: _cut_in_half(v, "metadata.json"), "cannot read it"),
@@ -176,7 +165,7 @@ DAMAGES = {
         _onnx_of_another_shape,
         "metadata.json says pixels [28, 28, 1]",
     ),
-    "a version from before ONNX": (_format_1, "`convserve export-onnx layers --models-dir "),
+    "a version from before ONNX": (as_format_1, "`convserve export-onnx layers --models-dir "),
 }
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from service.errors import ModelLoadError, NotFound
-from service.repository import Repository, VersionPolicy
+from service.policies import VersionPolicy
+from service.repository import Repository
 
 
 class Loader:

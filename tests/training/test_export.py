@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import onnxruntime
 import pytest
 
 from convserve import artifact, fashion_mnist
+from tests.conftest import as_format_1
 from training.export import TOLERANCE, ExportError, check, write_served_form
 from training.model import ConvLayer, ModelConfig, build_model
 from training.reference import conv2d
@@ -107,18 +109,11 @@ def test_a_graph_that_differs_from_keras_is_refused_naming_the_output(
 def test_export_onnx_brings_a_version_from_before_onnx_up_to_date(
     models_dir: Path, tmp_path: Path
 ) -> None:
-    import shutil
-
     root = tmp_path / "models"
     old = root / "fashion" / "1"
     shutil.copytree(models_dir / "fashion" / "1", old)
+    as_format_1(old)
     metadata = json.loads((old / "metadata.json").read_text())
-    (keras_file,) = [f for f in metadata.pop("files") if f["path"] == "model.keras"]
-    for path in old.iterdir():
-        if path.name not in ("model.keras", "metadata.json"):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    metadata.update(format_version=1, model_file=keras_file)
-    (old / "metadata.json").write_text(json.dumps(metadata))
 
     cli = [sys.executable, "-m", "convserve", "export-onnx", "fashion", "--models-dir", str(root)]
     done = subprocess.run(cli, capture_output=True, text=True, timeout=300)
