@@ -123,8 +123,8 @@ def profile(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
     """py-spy: a flame graph if `output` ends in .svg, else collapsed stacks for `top_frames`."""
     kind = "flamegraph" if output.suffix == ".svg" else "raw"
     return subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-         "--format", kind, "--output", str(output), "--nonblocking"],
+        ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--duration", str(int(seconds)),
+         "--rate", "200", "--format", kind, "--output", str(output), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -152,6 +152,7 @@ def main() -> None:
         type=Path,
         help="py-spy the server under the c64 uint8 load: PATH.svg (flame graph) or PATH.txt",
     )
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
     parser.add_argument("server_args", nargs="*", help="extra `convserve serve` flags, after --")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -166,7 +167,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp)
             log = directory / "h2load.log"
-            for case in CASES:
+            for case in [case for case in CASES if args.only in case.name]:
                 body = request_file(case, directory)
                 ceiling_runs, convserve_runs = [], []
                 for round_ in range(args.rounds):  # alternating, so drift hits both alike
