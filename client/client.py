@@ -14,7 +14,13 @@ import grpc.aio
 import numpy as np
 
 from client.errors import from_rpc_error
-from convserve.api.codec import EXPLAIN_METHODS, from_layer_message, from_tensor, to_tensor
+from convserve.api.codec import (
+    EXPLAIN_METHODS,
+    METHOD_NAMES,
+    from_layer_message,
+    from_tensor,
+    to_tensor,
+)
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from convserve.artifact import Layer
@@ -227,20 +233,15 @@ def _feature_map_result(response: pb.FeatureMapResponse) -> FeatureMapResult:
     )
 
 
-_METHOD_NAMES = {number: name for name, number in EXPLAIN_METHODS.items()}
-
-
 def _explain_request(
     images: Images, layer: str | None, class_index: int | None, method: str,
     model: str | None, version: int | None,
 ) -> pb.ExplainRequest:  # fmt: skip
-    if method not in EXPLAIN_METHODS:
-        raise ValueError(
-            f"method {method!r}: expected one of {', '.join(filter(None, EXPLAIN_METHODS))}"
-        )
+    if method and method not in EXPLAIN_METHODS:
+        raise ValueError(f"method {method!r}: expected one of {', '.join(EXPLAIN_METHODS)}")
     return pb.ExplainRequest(
         model=_spec(model, version), images=_images_message(images), layer=layer or "",
-        class_index=class_index, method=EXPLAIN_METHODS[method],
+        class_index=class_index, method=EXPLAIN_METHODS.get(method),
     )  # fmt: skip
 
 
@@ -253,7 +254,7 @@ def _explain_result(response: pb.ExplainResponse) -> ExplainResult:
         layer=from_layer_message(response.layer) if response.HasField("layer") else None,
         model=response.model.name,
         version=response.model.version,
-        method=_METHOD_NAMES.get(response.method, str(response.method)),
+        method=METHOD_NAMES.get(response.method, str(response.method)),
     )
 
 

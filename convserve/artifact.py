@@ -44,7 +44,7 @@ __all__ = [
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 METADATA_FILE = "metadata.json"
-KERAS_FILE = "model.keras"  # what training wrote (absent from imported models)
+KERAS_FILE = "model.keras"  # the Keras model training fitted (the server never reads it)
 # What the server runs, all taking pixels 0..255 NHWC float32 named "pixels" with the
 # preprocessing inside the graph:
 ONNX_FILE = "model.onnx"  # → "probabilities" [N, classes]

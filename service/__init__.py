@@ -1,3 +1,16 @@
 """The convserve gRPC model server: `convserve serve` or `python -m service`."""
 
-__all__ = ["errors", "grpc", "images", "main", "metrics", "model", "repository", "settings"]
+__all__ = [
+    "calls",
+    "cpus",
+    "errors",
+    "grpc",
+    "images",
+    "main",
+    "metrics",
+    "model",
+    "policies",
+    "repository",
+    "settings",
+    "tokens",
+]

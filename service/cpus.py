@@ -17,7 +17,8 @@ def available_cpus(
     Not os.cpu_count(): that is the node's, so a container limited to 1 CPU on a 64-core node
     would start 64 workers that share one CPU's time (and need 64 times the memory).
     """
-    cpus = len(os.sched_getaffinity(0))
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
     try:
         quota = _cgroup_quota(cgroup_root, _own_cgroups(proc_self_cgroup))
     except (OSError, ValueError):  # an unreadable or unexpected file: no known quota

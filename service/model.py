@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime
 
 from convserve import artifact
+from convserve.api.codec import EXPLAIN_METHODS
 from convserve.artifact import (
     EXPLAIN_FILE,
     FEATURES_FILE,
@@ -24,13 +25,12 @@ from convserve.artifact import (
 )
 from service.errors import InvalidInput, ModelLoadError, NotFound
 
-__all__ = ["EXPLAIN_METHODS", "Model"]
+__all__ = ["Model"]
 
 log = logging.getLogger(__name__)
 
 # Batch sizes run once before the model reports ready.
 WARMUP_BATCH_SIZES = (1, 8)
-EXPLAIN_METHODS = ("gradcam", "hirescam", "occlusion")
 PRE_ACTIVATION = ".pre_activation"
 
 
@@ -80,7 +80,9 @@ class Model:
         self.default_method = (
             ("gradcam" if pooled else "hirescam") if self.explain_layers else "occlusion"
         )
-        self.explain_methods = EXPLAIN_METHODS if self.explain_layers else ("occlusion",)
+        self.explain_methods = tuple(EXPLAIN_METHODS) if self.explain_layers else ("occlusion",)
+        # The gradient graph's fixed batch: requests are padded to a multiple of it.
+        self._explain_batch = self._explain.get_inputs()[0].shape[0] if self._explain else 0
 
     @classmethod
     def load(cls, path: Path, threads: int = 1) -> Model:
@@ -124,8 +126,8 @@ class Model:
             self.predict(pixels)
             if self.default_layer:
                 self.feature_map(pixels, self.default_layer)
-            if self.explain_layers:
-                self.explain(pixels, self.explain_layer, method="gradcam")
+        if self.explain_layers:  # one fixed batch size
+            self.explain(pixels[:1], self.explain_layer, method="gradcam")
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Pixels float32 [N, H, W, C] (0..255) → class probabilities float32 [N, classes]."""
@@ -168,17 +170,21 @@ class Model:
                 f"classes, 0..{len(self.class_names) - 1} ({', '.join(self.class_names)})"
             )
         if method == "occlusion":
+            if layer:
+                raise InvalidInput(
+                    f"layer {layer!r}: occlusion explains the image, not a layer; leave it empty"
+                )
             return self._occlusion(pixels, class_index)
-        self.check_layer(layer)
         if self._explain is None or layer not in self.explain_layers:
+            if layer:
+                self.check_layer(layer)  # NOT_FOUND for a layer the model does not have
             has = f"layers {', '.join(self.explain_layers)}" if self.explain_layers else "no layer"
             raise InvalidInput(
                 f"model {self.name!r} version {self.version} has {method} for {has} (their "
                 f"gradients exported to ONNX), not for {layer!r}; ask for one of them or for "
                 "method occlusion, which works on any model"
             )
-        batch = self._explain.get_inputs()[0].shape[0]  # a fixed batch: pad, then split
-        count = len(pixels)
+        batch, count = self._explain_batch, len(pixels)
         padded = np.zeros((-(-count // batch) * batch, *pixels.shape[1:]), np.float32)
         padded[:count] = pixels
         wanted = np.full(batch, -1 if class_index is None else class_index, np.int32)
@@ -230,7 +236,7 @@ class Model:
         return self._filters[f"{layer}.kernel"], self._filters.get(f"{layer}.bias")
 
     def check_layer(self, layer: str) -> None:
-        """Raise NotFound unless `layer` is a layer FeatureMap and Explain can show."""
+        """Raise NotFound unless `layer` is a layer with feature maps (FeatureMap's)."""
         if layer not in self.feature_layers:
             what = "has no layer" if layer not in self.layers else "has no 4-D output at layer"
             raise NotFound(

@@ -12,8 +12,11 @@ import pytest
 
 PUBLIC = {
     "convserve": ["api", "artifact", "cli", "fashion_mnist", "pictures"],
-    "training": ["commands", "model", "plan", "reference", "report", "train"],
-    "service": ["errors", "grpc", "images", "main", "metrics", "model", "repository", "settings"],
+    "training": ["commands", "export", "model", "plan", "reference", "report", "train"],
+    "service": [
+        "calls", "cpus", "errors", "grpc", "images", "main", "metrics", "model", "policies",
+        "repository", "settings", "tokens",
+    ],
     "client": [
         "AsyncClient", "ClassScore", "Client", "ConvserveError", "ExplainResult",
         "FeatureMapResult", "FiltersResult", "Layer",
@@ -24,11 +27,11 @@ PUBLIC = {
 MODULES = [
     "convserve.api.codec", "convserve.artifact", "convserve.cli", "convserve.fashion_mnist",
     "convserve.pictures", "client.client", "client.commands", "client.errors", "client.loadtest",
-    "service.calls", "service.errors", "service.images", "service.main", "service.metrics",
-    "service.model", "service.repository", "service.settings", "service.grpc.boundary",
-    "service.grpc.engine", "service.grpc.inference", "service.grpc.server",
-    "service.grpc.servicer", "training.commands", "training.model", "training.plan",
-    "training.reference", "training.report", "training.train",
+    "service.calls", "service.cpus", "service.errors", "service.policies", "service.tokens",
+    "service.images", "service.main", "service.metrics", "service.model", "service.repository",
+    "service.settings", "service.grpc.boundary", "service.grpc.engine", "service.grpc.inference",
+    "service.grpc.server", "service.grpc.servicer", "training.commands", "training.export",
+    "training.model", "training.plan", "training.reference", "training.report", "training.train",
 ]  # fmt: skip
 
 

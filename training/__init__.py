@@ -5,4 +5,4 @@ import os
 # TensorFlow's C++ start-up chatter (CPU features, missing CUDA) hides the training output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__all__ = ["commands", "model", "plan", "reference", "report", "train"]
+__all__ = ["commands", "export", "model", "plan", "reference", "report", "train"]

@@ -80,9 +80,10 @@ def add_train(parser: argparse.ArgumentParser) -> None:
 def add_export_onnx(parser: argparse.ArgumentParser) -> None:
     """write a new version with the ONNX graphs the server runs, from an older version
 
-    For versions trained before convserve served ONNX (model.keras only): publishes
-    MODELS_DIR/NAME/NEXT with the same model.keras and metadata plus model.onnx,
-    features.onnx, explain.onnx and filters.npz, each checked against Keras first.
+    For versions trained before convserve served ONNX (model.keras only), or to re-export
+    with this convserve: publishes MODELS_DIR/NAME/NEXT with the same model.keras and
+    metadata plus model.onnx, features.onnx, explain.onnx (if the gradients export) and
+    filters.npz, each checked against Keras first.
     """
     parser.add_argument("name", help="the model's name")
     parser.add_argument("--version", type=positive_int, help="the version (default: the latest)")

@@ -12,8 +12,11 @@ import dataclasses
 import functools
 import itertools
 import logging
+import os
+import platform
 import shutil
 from collections.abc import Callable
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,14 @@ from convserve.artifact import (
     Preprocessing,
 )
 
-__all__ = ["EXPLAIN_BATCH", "TOLERANCE", "ExportError", "export_onnx", "write_served_form"]
+__all__ = [
+    "EXPLAIN_BATCH",
+    "TOLERANCE",
+    "ExportError",
+    "export_onnx",
+    "versions",
+    "write_served_form",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +58,9 @@ Function = Callable[..., dict[str, Any]]
 
 
 class ExportError(RuntimeError):
-    """The trained model cannot be published: its shapes differ from the output-size formula,
-    or a served graph differs from Keras (the message names the graph and the output)."""
+    """A model that cannot be published: its shapes differ from the output-size formula, a
+    served graph differs from Keras (the message names the graph and the output), or there
+    is no version or model.keras to export from."""
 
 
 def write_served_form(
@@ -89,10 +100,10 @@ def export_onnx(
     import keras
 
     root = Path(models_dir) / name
-    versions = sorted(int(p.name) for p in root.glob("[0-9]*") if p.name.isdigit())
-    if not versions or (version and version not in versions):
-        raise ExportError(f"{root}: no version {version or ''} to export (found {versions})")
-    source = root / str(version or versions[-1])
+    found = sorted(int(p.name) for p in root.glob("[0-9]*") if p.name.isdigit())
+    if not found or (version and version not in found):
+        raise ExportError(f"{root}: no version {version or ''} to export (found {found})")
+    source = root / str(version or found[-1])
     metadata = artifact.read(source)
     if metadata.file(KERAS_FILE) is None:
         raise ExportError(f"{source}: no {KERAS_FILE} to export from")
@@ -110,10 +121,25 @@ def export_onnx(
             version=new_version,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             files=(FileEntry.of(directory / KERAS_FILE), *files),
+            framework={**metadata.framework, **versions()},
             training={**metadata.training, "exported_from_version": metadata.version},
         )
 
     return artifact.publish(models_dir, name, build)
+
+
+def versions() -> dict[str, str]:
+    """The versions that made an artifact (metadata.json's `framework`)."""
+    found = {
+        "python": platform.python_version(),
+        "machine": f"{os.cpu_count()} CPUs ({platform.machine()}, {platform.system()})",
+    }
+    for package in ("tensorflow", "keras", "tf2onnx", "onnxruntime", "numpy", "convserve"):
+        try:
+            found[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            found[package] = "unknown"
+    return found
 
 
 def check(file: str, function: Function, session: Any, feeds: dict[str, np.ndarray]) -> None:
@@ -223,7 +249,8 @@ class _Prepared:
 
         def features(pixels: Any) -> dict[str, Any]:
             outputs = taps(self.inputs(pixels), training=False)
-            result = {layer.name: out for layer, out in zip(self.maps, outputs, strict=False)}
+            shown = outputs[: len(self.maps)]
+            result = {layer.name: out for layer, out in zip(self.maps, shown, strict=True)}
             for layer, below in zip(self.convs, outputs[len(self.maps) :], strict=True):
                 pre = layer.convolution_op(below, layer.kernel)
                 result[f"{layer.name}.pre_activation"] = pre + layer.bias if layer.use_bias else pre

@@ -6,11 +6,9 @@ import dataclasses
 import datetime as dt
 import functools
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +16,7 @@ import numpy as np
 
 from convserve import artifact, fashion_mnist
 from convserve.artifact import KERAS_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
-from training.export import ExportError, write_served_form
+from training.export import ExportError, versions, write_served_form
 from training.model import TrainConfig, build_model, infer_shapes
 from training.reference import output_size, same_padding
 from training.report import REPORT_DIR, class_figures, write_report
@@ -255,19 +253,6 @@ def _describe_conv(layer: Any, described: Layer) -> Layer:
     )
 
 
-def _versions() -> dict[str, str]:
-    versions = {
-        "python": platform.python_version(),
-        "machine": f"{os.cpu_count()} CPUs ({platform.machine()}, {platform.system()})",
-    }
-    for package in ("tensorflow", "keras", "tf2onnx", "onnxruntime", "numpy", "convserve"):
-        try:
-            versions[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions
-
-
 def build_metadata(
     result: TrainResult, name: str, version: int, files: list[FileEntry]
 ) -> Metadata:
@@ -302,7 +287,7 @@ def build_metadata(
         },
         evaluation=evaluation,
         parameters=int(result.model.count_params()),
-        framework=_versions(),
+        framework=versions(),
         files=tuple(files),
         layers=tuple(describe_layers(result.model)),
     )

@@ -13,6 +13,7 @@ from convserve.artifact import Layer
 __all__ = [
     "DTYPES",
     "EXPLAIN_METHODS",
+    "METHOD_NAMES",
     "TensorError",
     "dtype_name",
     "from_layer_message",
@@ -28,13 +29,13 @@ DTYPES: dict[pb.DataType, np.dtype[np.generic]] = {
 }
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
 
-# Explain's methods by the names the client, the server and V2 outputs use; "": the model's.
+# Explain's methods by the names the client, the server and V2 outputs use, and back.
 EXPLAIN_METHODS: dict[str, pb.ExplainMethod] = {
-    "": pb.EXPLAIN_METHOD_UNSPECIFIED,
     "gradcam": pb.EXPLAIN_METHOD_GRAD_CAM,
     "hirescam": pb.EXPLAIN_METHOD_HIRES_CAM,
     "occlusion": pb.EXPLAIN_METHOD_OCCLUSION,
 }
+METHOD_NAMES = {number: name for name, number in EXPLAIN_METHODS.items()}
 
 
 class TensorError(ValueError):

@@ -36,7 +36,7 @@ DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
     "FP32": (np.dtype("<f4"), "fp32_contents"),
 }
 # Explain's heatmaps as outputs, one per method.
-EXPLAIN_OUTPUTS = tuple(name for name in EXPLAIN_METHODS if name)
+EXPLAIN_OUTPUTS = tuple(EXPLAIN_METHODS)
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -198,9 +198,8 @@ def _explain_parameters(
                 "expected layer (string_param) and class_index (int64_param)"
             )
     parameters = output.parameters
-    layer = parameters["layer"].string_param if "layer" in parameters else model.explain_layer
-    if output.name != "occlusion":
-        model.check_layer(layer)
+    default = "" if output.name == "occlusion" else model.explain_layer
+    layer = parameters["layer"].string_param if "layer" in parameters else default
     class_index = parameters["class_index"].int64_param if "class_index" in parameters else None
     return layer, class_index
 

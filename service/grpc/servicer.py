@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from convserve.api.codec import EXPLAIN_METHODS, layer_message, to_tensor
+from convserve.api.codec import EXPLAIN_METHODS, METHOD_NAMES, layer_message, to_tensor
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from service.errors import InvalidInput
@@ -21,7 +21,6 @@ from service.repository import Repository
 __all__ = ["ConvServeServicer", "add_to_server", "metadata_message"]
 
 DEFAULT_TOP_K = 3
-METHOD_NAMES = {number: name for name, number in EXPLAIN_METHODS.items()}
 
 
 class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
@@ -45,7 +44,6 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
     ) -> pb.FeatureMapResponse:
         model = self.engine.model(request.model.name, request.model.version)
         layer = request.layer or model.default_layer
-        model.check_layer(layer)
         pixels = await self._pixels(request.images, model)
         activations, pre = await self.engine.feature_map(
             model, layer, pixels, request.include_pre_activation
@@ -65,8 +63,10 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             raise InvalidInput(
                 f"method {request.method}: expected one of {', '.join(pb.ExplainMethod.keys())}"
             )
-        method = METHOD_NAMES[request.method] or model.default_method
-        layer = "" if method == "occlusion" else request.layer or model.explain_layer
+        method = (
+            METHOD_NAMES[request.method] if request.HasField("method") else model.default_method
+        )
+        layer = request.layer or ("" if method == "occlusion" else model.explain_layer)
         pixels = await self._pixels(request.images, model)
         class_index = request.class_index if request.HasField("class_index") else None
         heatmaps, classes, probabilities = await self.engine.explain(

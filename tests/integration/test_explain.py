@@ -47,13 +47,13 @@ def tape_cam(
 
 
 def test_grad_cam_equals_a_direct_gradient_tape(server, models_dir: Path, test_images) -> None:
-    images = test_images.images[:8]
+    images = test_images.images[:12]  # the graph's fixed batch is 8: padded to two
     with Client(server.target) as client:
         result = client.explain(images, model="cam")
         predicted = client.predict(images, model="cam")
         features = client.feature_map(images, model="cam", layer="conv2d_1").activations
     assert result.layer.name == "conv2d_1"  # the last conv layer by default
-    assert result.heatmaps.shape == (8, 28, 28) and result.heatmaps.dtype == np.float32
+    assert result.heatmaps.shape == (12, 28, 28) and result.heatmaps.dtype == np.float32
     assert (result.heatmaps >= 0).all() and (result.heatmaps.max(axis=(1, 2)) > 0).all()
     np.testing.assert_array_equal(result.classes, predicted.labels)
     np.testing.assert_allclose(result.probabilities, predicted.probabilities, atol=1e-5)
@@ -165,6 +165,8 @@ def test_errors_say_what_was_expected(server, test_images: Dataset) -> None:
             InvalidArgument, match=r"has gradcam for layers conv2d_2 .*not for 'conv2d'"
         ):
             client.explain(images, model="layers", layer="conv2d", method="gradcam")
+        with pytest.raises(InvalidArgument, match="occlusion explains the image, not a layer"):
+            client.explain(images, layer="conv2d", method="occlusion")
         with pytest.raises(ValueError, match="method 'lime'"):
             client.explain(images, method="lime")
         assert client.explain(images).heatmaps.shape == (1, 28, 28)  # still serving
@@ -177,7 +179,7 @@ def test_errors_say_what_was_expected(server, test_images: Dataset) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             pb_grpc.ConvServeStub(channel).Explain(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "method 7: expected one of EXPLAIN_METHOD_UNSPECIFIED" in caught.value.details()
+    assert "method 7: expected one of EXPLAIN_METHOD_GRAD_CAM" in caught.value.details()
 
 
 def _cam_request(images: np.ndarray, *outputs: Any) -> v2.ModelInferRequest:

@@ -15,16 +15,14 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 
 class ExplainMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    EXPLAIN_METHOD_UNSPECIFIED: _ClassVar[ExplainMethod]
-    EXPLAIN_METHOD_HIRES_CAM: _ClassVar[ExplainMethod]
     EXPLAIN_METHOD_GRAD_CAM: _ClassVar[ExplainMethod]
+    EXPLAIN_METHOD_HIRES_CAM: _ClassVar[ExplainMethod]
     EXPLAIN_METHOD_OCCLUSION: _ClassVar[ExplainMethod]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_UINT8: DataType
 DATA_TYPE_FLOAT32: DataType
-EXPLAIN_METHOD_UNSPECIFIED: ExplainMethod
-EXPLAIN_METHOD_HIRES_CAM: ExplainMethod
 EXPLAIN_METHOD_GRAD_CAM: ExplainMethod
+EXPLAIN_METHOD_HIRES_CAM: ExplainMethod
 EXPLAIN_METHOD_OCCLUSION: ExplainMethod
 
 class Tensor(_message.Message):
