@@ -29,6 +29,9 @@ __all__ = ["Model"]
 
 log = logging.getLogger(__name__)
 
+# ONNX Runtime logs errors only (see training/export.py's QUIET: a Resize shape warning).
+QUIET = 3
+
 # Batch sizes run once before the model reports ready.
 WARMUP_BATCH_SIZES = (1, 8)
 PRE_ACTIVATION = ".pre_activation"
@@ -103,6 +106,7 @@ class Model:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.log_severity_level = QUIET
         sessions = {}
         for file in (ONNX_FILE, FEATURES_FILE, EXPLAIN_FILE):
             if metadata.file(file) is not None:

@@ -53,6 +53,9 @@ OPSET = 17
 # global average pooling into a Reshape that ONNX Runtime refuses. The server pads to it.
 EXPLAIN_BATCH = 8
 CHECK_IMAGES = 256  # how many test images each graph is checked on
+# ONNX Runtime logs errors only: its static shape inference of the heatmaps' Resize rounds
+# 24 x 28/24 down to 27 and warns at every load, though the outputs are 28 (and checked).
+QUIET = 3
 
 Function = Callable[..., dict[str, Any]]
 
@@ -73,7 +76,10 @@ def write_served_form(
     pixels = np.asarray(test_images[:CHECK_IMAGES], np.float32).reshape(-1, *prepared.shape)
     written = []
     for file, function in ((ONNX_FILE, prepared.predict()), (FEATURES_FILE, prepared.features())):
-        session = _convert(function, directory / file)
+        try:
+            session = _convert(function, directory / file)
+        except Exception as exc:  # tf2onnx and ONNX Runtime raise many kinds
+            raise ExportError(f"{file}: the model does not convert to ONNX: {exc}") from exc
         check(file, function, session, {"pixels": pixels})
         written.append(directory / file)
     explain = _explain_graph(prepared, directory / EXPLAIN_FILE, pixels)
@@ -299,33 +305,27 @@ class _Prepared:
 
 
 def _explain_graph(prepared: _Prepared, path: Path, pixels: np.ndarray) -> Path | None:
-    """The gradient explanations of the conv layers no max pooling follows (tf2onnx cannot
-    convert MaxPool's gradient), if the model ends in Dense; else none: occlusion, which needs
-    no gradient, still explains the model."""
+    """The gradient explanations of every conv layer, or of the last ones whose gradients
+    convert (an activation whose gradient tf2onnx cannot convert stops the layers before it),
+    if the model ends in Dense; else none: occlusion, which needs no gradient, still works."""
     import keras
 
-    model = prepared.model
-    if not isinstance(model.layers[-1], keras.layers.Dense):
+    if not isinstance(prepared.model.layers[-1], keras.layers.Dense):
         return None
-    pools = [
-        i for i, layer in enumerate(model.layers) if isinstance(layer, keras.layers.MaxPooling2D)
-    ]
-    layers = [
-        layer for layer in prepared.convs if model.layers.index(layer) > max(pools, default=-1)
-    ]
-    if not layers:
-        return None
-    function = prepared.explain(layers)
-    try:
-        session = _convert(function, path)
-    except Exception as exc:  # tf2onnx and ONNX Runtime raise many kinds
-        log.warning("no gradient explanations (occlusion only): the graph does not export: %s", exc)
-        path.unlink(missing_ok=True)
-        return None
-    batch = np.resize(pixels, (EXPLAIN_BATCH, *pixels.shape[1:]))
-    classes = np.arange(EXPLAIN_BATCH, dtype=np.int32) % 2 - 1  # the predicted class, class 0, …
-    check(EXPLAIN_FILE, function, session, {"pixels": batch, "class_index": classes})
-    return path
+    for first in range(len(prepared.convs)):
+        function = prepared.explain(prepared.convs[first:])
+        try:
+            session = _convert(function, path)
+        except Exception as exc:  # tf2onnx and ONNX Runtime raise many kinds
+            log.info("no gradient graph from %s on: %s", prepared.convs[first].name, exc)
+            continue
+        batch = np.resize(pixels, (EXPLAIN_BATCH, *pixels.shape[1:]))
+        classes = np.arange(EXPLAIN_BATCH, dtype=np.int32) % 2 - 1  # the predicted class, 0, …
+        check(EXPLAIN_FILE, function, session, {"pixels": batch, "class_index": classes})
+        return path
+    log.warning("no gradient explanations (occlusion only): the gradients do not convert")
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _convert(function: Any, path: Path) -> Any:
@@ -333,36 +333,74 @@ def _convert(function: Any, path: Path) -> Any:
     import onnxruntime
     import tf2onnx
 
-    _register_gradient_ops()
-    graph, _ = tf2onnx.convert.from_function(
-        function, input_signature=function.input_signature, opset=OPSET
-    )
+    _teach_tf2onnx()
+    converter = logging.getLogger("tf2onnx")
+    level, converter.level = converter.level, logging.CRITICAL  # failures are the caller's
+    try:
+        graph, _ = tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=OPSET
+        )
+    finally:
+        converter.setLevel(level)
     data = graph.SerializeToString()
-    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = QUIET
+    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     path.write_bytes(data)
     return session
 
 
 @functools.cache
-def _register_gradient_ops() -> None:
-    """Teach tf2onnx two ops of TensorFlow's gradients it lacks: ReluGrad (behind a
-    Dense(relu) or a conv's relu) and ShapeN (before a conv's input gradient)."""
+def _teach_tf2onnx() -> None:
+    """Teach tf2onnx TensorFlow ops it lacks: the gradients of relu, tanh and sigmoid, ShapeN
+    (before a conv's input gradient), MaxPoolGrad (through max pooling: each window's
+    gradient goes to its first maximum, as TensorFlow's), and Erfc (in gelu)."""
     from tf2onnx import utils
     from tf2onnx.handler import tf_op
+
+    def const(ctx: Any, value: Any) -> str:
+        return str(ctx.make_const(utils.make_name("const"), np.asarray(value)).output[0])
 
     @tf_op("ReluGrad")
     class ReluGrad:
         @classmethod
         def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
             gradients, features = node.input
-            zero = ctx.make_const(utils.make_name("zero"), np.zeros((), np.float32)).output[0]
+            zero = const(ctx, np.float32(0))
             positive = ctx.make_node("Greater", [features, zero]).output[0]
-            shape, dtype = ctx.get_shape(node.output[0]), ctx.get_dtype(node.output[0])
-            ctx.remove_node(node.name)
-            ctx.make_node(
-                "Where", [positive, gradients, zero], name=node.name, outputs=node.output,
-                shapes=[shape], dtypes=[dtype],
-            )  # fmt: skip
+            elementwise(ctx, node, "Where", [positive, gradients, zero])
+
+    def elementwise(ctx: Any, node: Any, op: str, inputs: list[str]) -> None:
+        """Replace `node` by `op` over `inputs`, keeping its name, outputs, shape and dtype."""
+        shape, dtype = ctx.get_shape(node.output[0]), ctx.get_dtype(node.output[0])
+        ctx.remove_node(node.name)
+        ctx.make_node(op, inputs, name=node.name, outputs=node.output, shapes=[shape],
+                      dtypes=[dtype])  # fmt: skip
+
+    @tf_op("TanhGrad")
+    class TanhGrad:  # (y, dy) → dy · (1 − y²)
+        @classmethod
+        def version_7(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+            y, dy = node.input
+            square = ctx.make_node("Mul", [y, y]).output[0]
+            slope = ctx.make_node("Sub", [const(ctx, np.float32(1)), square]).output[0]
+            elementwise(ctx, node, "Mul", [dy, slope])
+
+    @tf_op("SigmoidGrad")
+    class SigmoidGrad:  # (y, dy) → dy · y · (1 − y)
+        @classmethod
+        def version_7(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+            y, dy = node.input
+            rest = ctx.make_node("Sub", [const(ctx, np.float32(1)), y]).output[0]
+            slope = ctx.make_node("Mul", [y, rest]).output[0]
+            elementwise(ctx, node, "Mul", [dy, slope])
+
+    @tf_op("Erfc")
+    class Erfc:  # x → 1 − erf(x): in gelu, which ONNX has no Erfc for
+        @classmethod
+        def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+            erf = ctx.make_node("Erf", [node.input[0]]).output[0]
+            elementwise(ctx, node, "Sub", [const(ctx, np.float32(1)), erf])
 
     @tf_op("ShapeN")
     class ShapeN:
@@ -373,3 +411,37 @@ def _register_gradient_ops() -> None:
                 cast = ctx.make_node("Cast", [shape], attr={"to": ctx.get_dtype(output)})
                 ctx.replace_all_inputs(output, cast.output[0])
             ctx.remove_node(node.name)
+
+    @tf_op("MaxPoolGrad")
+    class MaxPoolGrad:
+        @classmethod
+        def version_11(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+            utils.make_sure(
+                node.get_attr_str("padding") == "VALID"
+                and node.get_attr_str("data_format") == "NHWC",
+                "MaxPoolGrad: only padding VALID, NHWC",
+            )
+            original, _, gradients = node.input
+            shape, dtype = ctx.get_shape(node.output[0]), ctx.get_dtype(node.output[0])
+            first = ctx.make_node("Transpose", [original], attr={"perm": [0, 3, 1, 2]}).output[0]
+            pool = ctx.make_node(
+                "MaxPool", [first], output_count=2,
+                attr={"kernel_shape": node.get_attr_value("ksize")[1:3],
+                      "strides": node.get_attr_value("strides")[1:3]},
+            )  # fmt: skip
+            flat = const(ctx, np.array([-1], np.int64))
+            indices = ctx.make_node("Reshape", [pool.output[1], flat]).output[0]
+            routed = ctx.make_node("Transpose", [gradients], attr={"perm": [0, 3, 1, 2]})
+            updates = ctx.make_node("Reshape", [routed.output[0], flat]).output[0]
+            zeros = ctx.make_node("Mul", [first, const(ctx, np.float32(0))]).output[0]
+            flat_zeros = ctx.make_node("Reshape", [zeros, flat]).output[0]
+            scattered = ctx.make_node(
+                "ScatterElements", [flat_zeros, indices, updates], attr={"axis": 0}
+            ).output[0]
+            first_shape = ctx.make_node("Shape", [first]).output[0]
+            result = ctx.make_node("Reshape", [scattered, first_shape]).output[0]
+            ctx.remove_node(node.name)
+            ctx.make_node(
+                "Transpose", [result], attr={"perm": [0, 2, 3, 1]}, name=node.name,
+                outputs=node.output, shapes=[shape], dtypes=[dtype],
+            )  # fmt: skip

@@ -78,18 +78,32 @@ def test_every_graph_computes_what_keras_and_the_reference_compute(
     }  # fmt: skip
 
 
-def test_which_heads_get_gradient_explanations(tmp_path: Path, images: np.ndarray) -> None:
-    """A hidden Dense(relu) exports (its ReLU gradient is taught to tf2onnx); max pooling's
-    gradient does not, so only the convs after the last pooling have gradient graphs."""
-    _, hidden = _served(ModelConfig(conv=(ConvLayer(4, 3),), dense_units=8), tmp_path / "a", images)
-    outputs = {o.name for o in _session(hidden / artifact.EXPLAIN_FILE).get_outputs()}
-    assert "conv2d.hirescam" in outputs
-    pooled = ModelConfig(conv=(ConvLayer(4, 3, pool_size=2), ConvLayer(4, 3)))
-    _, after = _served(pooled, tmp_path / "b", images)
-    outputs = {o.name for o in _session(after / artifact.EXPLAIN_FILE).get_outputs()}
+def test_gradients_through_every_layer_the_trainer_builds(
+    tmp_path: Path, images: np.ndarray
+) -> None:
+    """The gradient ops tf2onnx lacks are taught to it (ReLU, max pooling, a conv's input):
+    a pooled, batch-normalised stack with a hidden Dense(relu) has a gradient graph for every
+    conv layer, and `write_served_form` has held each heatmap to TensorFlow's."""
+    config = ModelConfig(
+        conv=(ConvLayer(4, 3, batch_norm=True, pool_size=2), ConvLayer(6, 3, pool_size=2)),
+        dense_units=8,
+    )
+    _, directory = _served(config, tmp_path / "pooled", images)
+    outputs = {o.name for o in _session(directory / artifact.EXPLAIN_FILE).get_outputs()}
+    assert {"conv2d.gradcam", "conv2d.hirescam", "conv2d_1.gradcam"} <= outputs
+
+
+def test_an_activation_tf2onnx_cannot_differentiate_keeps_the_layers_after_it(
+    tmp_path: Path, images: np.ndarray
+) -> None:
+    """elu's gradient does not convert: conv2d's heatmaps would need it, conv2d_1's do not.
+    gelu (erfc inside) converts, gradients included."""
+    config = ModelConfig(
+        conv=(ConvLayer(4, 3, activation="gelu"), ConvLayer(4, 3, activation="elu"))
+    )
+    _, directory = _served(config, tmp_path, images)
+    outputs = {o.name for o in _session(directory / artifact.EXPLAIN_FILE).get_outputs()}
     assert "conv2d_1.gradcam" in outputs and "conv2d.gradcam" not in outputs
-    _, last = _served(ModelConfig(conv=(ConvLayer(4, 3, pool_size=2),)), tmp_path / "c", images)
-    assert not (last / artifact.EXPLAIN_FILE).exists()
 
 
 def test_a_graph_that_differs_from_keras_is_refused_naming_the_output(
