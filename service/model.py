@@ -61,8 +61,8 @@ class Model:
             name for name, layer in self.layers.items() if len(layer.output_shape) == 3
         )
         self.conv_layers = tuple(name for name in self.feature_layers if self.layers[name].is_conv)
-        # FeatureMap and Filters show the first conv layer, Explain the last (Grad-CAM's choice:
-        # the most semantic features that still have a place in the image).
+        # FeatureMap and Filters show the first conv layer, Explain the last with a gradient
+        # graph (Grad-CAM's choice: the most semantic features that still have a place).
         self.default_layer = (self.conv_layers or self.feature_layers or ("",))[0]
         self._predict = sessions[ONNX_FILE]
         self._features = sessions[FEATURES_FILE]
@@ -86,6 +86,11 @@ class Model:
         self.explain_methods = tuple(EXPLAIN_METHODS) if self.explain_layers else ("occlusion",)
         # The gradient graph's fixed batch: requests are padded to a multiple of it.
         self._explain_batch = self._explain.get_inputs()[0].shape[0] if self._explain else 0
+        if not isinstance(self._explain_batch, int):
+            raise ModelLoadError(
+                f"{path / EXPLAIN_FILE}: batch dimension {self._explain_batch!r}, expected a "
+                "fixed size (see convserve.artifact)"
+            )
 
     @classmethod
     def load(cls, path: Path, threads: int = 1) -> Model:
