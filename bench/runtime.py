@@ -14,6 +14,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,11 @@ from convserve.fashion_mnist import load
 from service.model import Model
 
 
-def per_call_us(function: object, runs: int) -> float:
+def per_call_us(function: Callable[[], object], runs: int) -> float:
     timings = []
     for _ in range(runs):
         started = time.perf_counter()
-        function()  # type: ignore[operator]
+        function()
         timings.append(time.perf_counter() - started)
     return statistics.median(timings) * 1e6
 

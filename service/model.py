@@ -207,6 +207,11 @@ class Model:
         )
         return heatmaps, classes.astype(np.int32), probabilities
 
+    def layer_to_explain(self, method: str, layer: str = "") -> str:
+        """The layer `method` explains: `layer`, or by default the last conv layer with a
+        gradient graph; "" for occlusion, which explains the image."""
+        return layer or ("" if method == "occlusion" else self.explain_layer)
+
     def _occlusion(
         self, pixels: np.ndarray, class_index: int | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

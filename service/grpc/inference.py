@@ -35,8 +35,6 @@ DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
     "UINT8": (np.dtype("<u1"), "uint_contents"),
     "FP32": (np.dtype("<f4"), "fp32_contents"),
 }
-# Explain's heatmaps as outputs, one per method.
-EXPLAIN_OUTPUTS = tuple(EXPLAIN_METHODS)
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -156,7 +154,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                     f"{', '.join(names)}"
                 )
         explains = {
-            o.name: _explain_parameters(o, model) for o in outputs if o.name in EXPLAIN_OUTPUTS
+            o.name: _explain_parameters(o, model) for o in outputs if o.name in EXPLAIN_METHODS
         }
         pixels = self.engine.pixels(_input_array(request, model), model)
         response = v2.ModelInferResponse(
@@ -166,7 +164,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             name = output.name or model.output_name
             if name == model.output_name:
                 array = await self.engine.predict(model, pixels)
-            elif name in EXPLAIN_OUTPUTS:
+            elif name in EXPLAIN_METHODS:  # Explain's heatmaps, an output per method
                 layer, class_index = explains[name]
                 array, _, _ = await self.engine.explain(model, layer, pixels, class_index, name)
             else:
@@ -198,8 +196,8 @@ def _explain_parameters(
                 "expected layer (string_param) and class_index (int64_param)"
             )
     parameters = output.parameters
-    default = "" if output.name == "occlusion" else model.explain_layer
-    layer = parameters["layer"].string_param if "layer" in parameters else default
+    named = parameters["layer"].string_param if "layer" in parameters else ""
+    layer = model.layer_to_explain(output.name, named)
     class_index = parameters["class_index"].int64_param if "class_index" in parameters else None
     return layer, class_index
 

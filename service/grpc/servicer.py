@@ -66,7 +66,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         method = (
             METHOD_NAMES[request.method] if request.HasField("method") else model.default_method
         )
-        layer = request.layer or ("" if method == "occlusion" else model.explain_layer)
+        layer = model.layer_to_explain(method, request.layer)
         pixels = await self._pixels(request.images, model)
         class_index = request.class_index if request.HasField("class_index") else None
         heatmaps, classes, probabilities = await self.engine.explain(
