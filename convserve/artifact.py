@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "COLORS",
     "EXPLAIN_FILE",
     "FEATURES_FILE",
     "FILTERS_FILE",
     "FORMAT_VERSION",
+    "INTERPOLATIONS",
     "KERAS_FILE",
     "METADATA_FILE",
     "ONNX_FILE",
@@ -53,7 +55,13 @@ FEATURES_FILE = "features.onnx"  # → "<layer>" for each layer with [N, H, W, C
 EXPLAIN_FILE = "explain.onnx"  # fixed batch; + "class_index" int32 [B] (-1: the predicted
 #   class) → "probabilities", "classes", "<layer>.gradcam" and "<layer>.hirescam" [B, H, W]
 FILTERS_FILE = "filters.npz"  # "<layer>.kernel" [KH, KW, C_in, C_out], "<layer>.bias" [C_out]
-PREPROCESSING_DESCRIPTION = "callers send pixels 0..255; the model sees pixels * scale + offset"
+PREPROCESSING_DESCRIPTION = (
+    "callers send pixels 0..255; the model sees pixels * scale + offset; PNG/JPEG files are "
+    "converted to the color and resized to the input's size with the interpolation first"
+)
+# An image's colour by the input's channels, and the resize filters (Pillow's names).
+COLORS = {1: "grayscale", 3: "rgb"}
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 
 class ArtifactError(ValueError):
@@ -179,22 +187,49 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Callers send pixels 0..255; the model sees pixels · scale + offset."""
+    """How callers' pixels become the model's input, recorded once for training and serving.
+
+    Tensors: callers send pixels 0..255 of the input's shape; the model sees pixels · scale +
+    offset (inside the served graph). PNG/JPEG files: converted to `color` (grayscale: ITU-R
+    601-2 luma; rgb), then resized to the input's height x width with `interpolation` (Pillow's
+    filter of that name), by convserve.imagefiles: the same code as when the model was trained.
+    """
 
     scale: float
     offset: float = 0.0
+    color: str = ""  # "grayscale" or "rgb"; "" for an input of other channels (tensors only)
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def for_channels(cls, channels: int, scale: float, offset: float = 0.0) -> Preprocessing:
+        return cls(scale, offset, COLORS.get(channels, ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "description": PREPROCESSING_DESCRIPTION,
             "scale": self.scale,
             "offset": self.offset,
+            "color": self.color,
+            "interpolation": self.interpolation,
         }
 
     @classmethod
-    def from_dict(cls, entry: Mapping[str, Any], where: str) -> Preprocessing:
+    def from_dict(cls, entry: Mapping[str, Any], where: str, channels: int) -> Preprocessing:
+        """Format 2 before images of any size: no color (the input's) nor interpolation."""
         fields = _Fields(entry, where)
-        return cls(fields.get("scale", float), fields.get("offset", float))
+        color = entry.get("color", COLORS.get(channels, ""))
+        interpolation = entry.get("interpolation", "bilinear")
+        if color != COLORS.get(channels, ""):
+            raise ArtifactError(
+                f"{where}: color {color!r} with {channels} input channels, expected "
+                f"{COLORS.get(channels, '')!r}"
+            )
+        if interpolation not in INTERPOLATIONS:
+            raise ArtifactError(
+                f"{where}: interpolation {interpolation!r}, expected one of "
+                f"{', '.join(INTERPOLATIONS)}"
+            )
+        return cls(fields.get("scale", float), fields.get("offset", float), color, interpolation)
 
 
 @dataclass(frozen=True)
@@ -254,6 +289,21 @@ class Metadata:
     training: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     framework: dict[str, str] = field(default_factory=dict)
+    # Where the model came from: {"kind": "trained", "data": ...} or {"kind": "imported",
+    # "file": ..., "sha256": ..., "format": "onnx" | "keras", "producer": ...}.
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def describe_origin(self) -> str:
+        """One line, e.g. `imported from net.onnx (onnx, sha256 ab12…, producer pytorch 2.5)`."""
+        origin = self.origin
+        if origin.get("kind") == "imported":
+            producer = f", producer {origin['producer']}" if origin.get("producer") else ""
+            return (
+                f"imported from {origin.get('file', '?')} ({origin.get('format', '?')}, "
+                f"sha256 {origin.get('sha256', '?')}{producer})"
+            )
+        data = origin.get("data") or self.training.get("data_source", "")
+        return f"trained by convserve on {data}" if data else "trained by convserve"
 
     def file(self, path: str) -> FileEntry | None:
         """The entry of the artifact's file `path` (e.g. ONNX_FILE), None if it has none."""
@@ -273,6 +323,7 @@ class Metadata:
             "evaluation": self.evaluation,
             "parameters": self.parameters,
             "framework": self.framework,
+            "origin": self.origin,
             "files": [entry.to_dict() for entry in self.files],
             "layers": [layer.to_dict() for layer in self.layers],
         }
@@ -288,14 +339,20 @@ class Metadata:
             )
         # Format 1 had one file, model.keras.
         files = [fields.get("model_file", dict)] if version == 1 else fields.get("files", list)
+        input_spec = TensorSpec.from_dict(fields.get("input", dict), f"{where}: input")
+        if len(input_spec.shape) != 3 or min(input_spec.shape) < 1:
+            raise ArtifactError(
+                f"{where}: input.shape {list(input_spec.shape)}, expected [height, width, "
+                "channels] of positive integers"
+            )
         metadata = cls(
             name=fields.get("name", str),
             version=fields.get("version", int),
             classes=tuple(fields.get("classes", list)),
-            input=TensorSpec.from_dict(fields.get("input", dict), f"{where}: input"),
+            input=input_spec,
             output=TensorSpec.from_dict(fields.get("output", dict), f"{where}: output"),
             preprocessing=Preprocessing.from_dict(
-                fields.get("preprocessing", dict), f"{where}: preprocessing"
+                fields.get("preprocessing", dict), f"{where}: preprocessing", input_spec.shape[2]
             ),
             files=tuple(
                 FileEntry.from_dict(entry, f"{where}: files[{index}]")
@@ -310,12 +367,8 @@ class Metadata:
             training=dict(data.get("training", {})),
             evaluation=dict(data.get("evaluation", {})),
             framework=dict(data.get("framework", {})),
+            origin=dict(data.get("origin", {})),
         )
-        if len(metadata.input.shape) != 3 or min(metadata.input.shape) < 1:
-            raise ArtifactError(
-                f"{where}: input.shape {list(metadata.input.shape)}, expected [height, width, "
-                "channels] of positive integers"
-            )
         if len(metadata.classes) < 2 or not all(isinstance(c, str) for c in metadata.classes):
             raise ArtifactError(f"{where}: classes must be at least 2 names")
         if metadata.output.shape != (len(metadata.classes),):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
+from convserve import imagefiles
 from convserve.api.codec import TensorError, from_tensor
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.artifact import Preprocessing
 from service.errors import InvalidInput, ResourceExhausted
 
 __all__ = ["as_pixels", "decode_files", "from_images", "is_encoded"]
@@ -56,30 +56,18 @@ def as_pixels(array: np.ndarray, shape: tuple[int, int, int], max_images: int) -
     return pixels
 
 
-def decode_files(files: list[bytes], shape: tuple[int, int, int], max_images: int) -> np.ndarray:
-    """PNG/JPEG files → float32 [N, H, W, C]: decoded (Pillow), converted to the model's
-    channels (grayscale: ITU-R 601 luma), size checked. Call it from a worker thread."""
-    from PIL import Image
-
+def decode_files(files: list[bytes], shape: tuple[int, int, int], max_images: int,
+                 preprocessing: Preprocessing) -> np.ndarray:  # fmt: skip
+    """PNG/JPEG files of any size or colour → float32 [N, H, W, C]: converted and resized as
+    the model's preprocessing records (convserve.imagefiles, the code training used). Call it
+    from a worker thread."""
     _check_count(len(files), max_images)
-    height, width, channels = shape
-    decoded = np.empty((len(files), height, width, channels), np.float32)
+    decoded = np.empty((len(files), *shape), np.float32)
     for index, data in enumerate(files):
-        if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
-            raise InvalidInput(f"image {index}: not a PNG or JPEG file (starts with {data[:8]!r})")
         try:
-            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
-                image.verify()  # PNG: every chunk's CRC, up to IEND (decoding stops earlier)
-            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
-                if image.size != (width, height):
-                    raise InvalidInput(
-                        f"image {index} is {image.width}x{image.height} pixels; "
-                        f"expected {width}x{height}"
-                    )
-                converted = image.convert("L" if channels == 1 else "RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise InvalidInput(f"image {index}: cannot decode it: {exc}") from None
-        decoded[index] = np.asarray(converted).reshape(height, width, channels)
+            decoded[index] = imagefiles.decode(data, shape, preprocessing)
+        except imagefiles.ImageFileError as exc:
+            raise InvalidInput(f"image {index}: {exc}") from None
     return decoded
 
 

@@ -32,7 +32,7 @@ def _publish(models_dir: Path, name: str = "shoes") -> Path:
         return Metadata(
             name=name, version=version, classes=("Sandal", "Sneaker", "Ankle boot"),
             input=TensorSpec("images", (28, 28, 1)), output=TensorSpec("probabilities", (3,)),
-            preprocessing=Preprocessing(1 / 255), files=(FileEntry.of(model),),
+            preprocessing=Preprocessing.for_channels(1, 1 / 255), files=(FileEntry.of(model),),
             layers=(CONV, DENSE), parameters=9451, created_at="2026-11-30T00:00:00+00:00",
             evaluation={"test_accuracy": 0.9},
         )  # fmt: skip
@@ -51,7 +51,7 @@ def test_what_publish_writes_read_gives_back_as_the_next_version(tmp_path: Path)
     assert (first.name, second.name) == ("1", "2")
     metadata = artifact.read(second)
     assert metadata.version == 2 and metadata.layers == (CONV, DENSE)
-    assert metadata.preprocessing == Preprocessing(1 / 255, 0.0)
+    assert metadata.preprocessing == Preprocessing(1 / 255, 0.0, "grayscale", "bilinear")
     assert metadata.evaluation == {"test_accuracy": 0.9}
     on_disk = json.loads((second / artifact.METADATA_FILE).read_text())
     assert on_disk["format_version"] == artifact.FORMAT_VERSION

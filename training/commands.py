@@ -8,15 +8,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from convserve.artifact import INTERPOLATIONS
 from convserve.cli import CommandError, positive_int
 
 __all__ = ["add_export_onnx", "add_train"]
 
 
 def add_train(parser: argparse.ArgumentParser) -> None:
-    """train a Conv2D classifier on Fashion-MNIST and export a versioned artifact
+    """train a Conv2D classifier on Fashion-MNIST or your images and export a versioned artifact
 
-    Fit a preset (or a config file), evaluate on the test images and export
+    Fit a preset (or a config file) on Fashion-MNIST or on a folder of images (--images DIR:
+    one subfolder of PNG/JPEG files per class), evaluate on the test images and export
     MODELS_DIR/NAME/VERSION/: model.keras, the ONNX graphs the server runs (checked against
     Keras on the test images) and metadata.json. Flags override the preset.
     """
@@ -34,6 +36,27 @@ def add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="fashion", help="model name (default: fashion)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--data-dir", type=Path, help="Fashion-MNIST IDX files (default: Debian's)")
+    parser.add_argument(
+        "--images", type=Path, metavar="DIR",
+        help="train on a folder of images instead: DIR/CLASS/*.png|jpg, one subfolder per "
+        "class (sorted names), or DIR/train/CLASS and DIR/test/CLASS",
+    )  # fmt: skip
+    parser.add_argument(
+        "--image-size", type=_image_size, metavar="HxW",
+        help="resize the images to this (default: their size, when they all share one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--color", choices=["grayscale", "rgb"],
+        help="convert the images to this (default: rgb if any image has colour)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--interpolation", choices=INTERPOLATIONS,
+        help="how images are resized, in training and by the server (default: bilinear)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--test-split", type=float,
+        help="without DIR/test: the share of each class held out for testing (default: 0.2)",
+    )  # fmt: skip
     parser.add_argument(
         "--classes",
         help='comma-separated subset of class names, e.g. "Shirt,Dress,Ankle boot"',
@@ -141,14 +164,28 @@ def _train_config(args: argparse.Namespace) -> Any:
             "max_minutes",
             "train_limit",
             "test_limit",
+            "image_size",
+            "color",
+            "interpolation",
+            "test_split",
         )
         if getattr(args, key) is not None
     }
+    if args.images:
+        changes["images"] = str(args.images)
     if args.classes:
         changes["classes"] = tuple(name.strip() for name in args.classes.split(","))
     if model_changes:
         changes["model"] = dataclasses.replace(config.model, **model_changes)
     return config.replace(**changes)
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """HxW, e.g. 32x32."""
+    height, _, width = text.lower().partition("x")
+    if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH, e.g. 32x32")
+    return int(height), int(width)
 
 
 def _run_train(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from convserve.artifact import COLORS, INTERPOLATIONS
 from training.reference import effective_kernel, output_size
 
 if TYPE_CHECKING:
@@ -138,6 +139,15 @@ class TrainConfig:
     classes: tuple[str, ...] = ()
     train_limit: int | None = None
     test_limit: int | None = None
+    # A folder of the user's images instead of Fashion-MNIST (see training.data): resized to
+    # image_size (height, width) with `interpolation`, converted to `color` ("grayscale" or
+    # "rgb"); unset, both come from the images. Without DIR/train + DIR/test, a seeded
+    # test_split of each class is the test set.
+    images: str = ""
+    image_size: tuple[int, ...] = ()
+    color: str = ""
+    interpolation: str = "bilinear"
+    test_split: float = 0.2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,6 +159,7 @@ class TrainConfig:
             data = dict(data)
             data["model"] = ModelConfig.from_dict(data["model"])
             data["classes"] = tuple(data.get("classes", ()))
+            data["image_size"] = tuple(data.get("image_size", ()))
             return cls(**data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a training config: {exc}") from None
@@ -170,6 +181,16 @@ class TrainConfig:
             raise ConfigError(f"shift must be in [0, 0.5) of the image size, got {self.shift}")
         if self.patience < 0 or self.max_minutes < 0:
             raise ConfigError("patience and max_minutes must be >= 0 (0: off)")
+        if not self.images and (self.image_size or self.color):
+            raise ConfigError("image_size and color apply to a folder of images (--images DIR)")
+        if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ConfigError(f"image_size {list(self.image_size)}: expected [height, width] > 0")
+        if self.color not in ("", *COLORS.values()):
+            raise ConfigError(f"color {self.color!r}: expected {' or '.join(COLORS.values())}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"interpolation {self.interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}"
+            )
 
 
 PRESETS: dict[str, TrainConfig] = {

@@ -122,7 +122,9 @@ def _misclassified_png(path: Path, result: TrainResult, predicted: np.ndarray) -
     for ax in axes.flat:
         ax.axis("off")
     for ax, index in zip(axes.flat, shown, strict=False):
-        ax.imshow(result.test_images[index], cmap="gray", vmin=0, vmax=255)
+        image = result.test_images[index]
+        ax.imshow(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image,
+                  cmap="gray", vmin=0, vmax=255)  # fmt: skip
         guess = int(predicted[index])
         ax.set_title(
             f"test[{index}] {names[result.test_labels[index]]}\n→ {names[guess]} "
@@ -201,9 +203,11 @@ def model_card(result: TrainResult, metadata: Metadata) -> str:
         or "none"
     )
     stopped = result.stopped or f"ran all {config.epochs} epochs"
+    height, width, _ = metadata.input.shape
+    data, use = _data_and_use(result, metadata)
     return f"""# {metadata.name} version {metadata.version}
 
-A Keras Conv2D classifier of 28x28 grayscale images into {len(result.class_names)} classes
+A Keras Conv2D classifier of {height}x{width} {metadata.preprocessing.color} images into {len(result.class_names)} classes
 ({", ".join(result.class_names)}), exported by convserve {metadata.framework["convserve"]}
 on {metadata.created_at}.
 
@@ -223,8 +227,7 @@ Pictures: `confusion_matrix.png`, `misclassified.png` (the most confident mistak
 
 ## Data
 
-Fashion-MNIST (Zalando Research, MIT licence): 60,000 training and 10,000 test images of
-clothing, 28x28 grayscale, centred, white on black. Read from {training["data_source"]}.
+{data}
 Training: {result.train_examples:,} images, of which the last {config.validation_split:.0%}
 were held out for validation (early stopping and the choice of the kept epoch); the test split
 was used only for the figures above.
@@ -242,14 +245,38 @@ is `training.config` in metadata.json: `convserve train --config metadata.json` 
 
 ## Intended use and limits
 
-- For images like Fashion-MNIST's: one centred garment, 28x28, light on a dark background.
-  Photos, several objects, other sizes or inverted colours are out of its distribution, and
-  it will still answer one of its classes with a probability that can be high.
+{use}
 - The probabilities are softmax outputs, not calibrated confidences.
 - Some classes look alike at this resolution (see "most confused"); their recall is lower.
 - Trained and measured on one dataset; nothing here says how it does on other clothing
   photos, and Fashion-MNIST's labels themselves contain some errors.
 """
+
+
+def _data_and_use(result: TrainResult, metadata: Metadata) -> tuple[str, str]:
+    """The model card's data paragraph and first limit, for Fashion-MNIST or an image folder."""
+    source = metadata.training["data_source"]
+    if not result.config.images:
+        return (
+            "Fashion-MNIST (Zalando Research, MIT licence): 60,000 training and 10,000 test "
+            "images of\nclothing, 28x28 grayscale, centred, white on black. Read from "
+            f"{source}.",
+            "- For images like Fashion-MNIST's: one centred garment, 28x28, light on a dark "
+            "background.\n  Photos, several objects, other sizes or inverted colours are out of "
+            "its distribution, and\n  it will still answer one of its classes with a probability "
+            "that can be high.",
+        )
+    height, width, _ = metadata.input.shape
+    preprocessing = metadata.preprocessing
+    return (
+        f"The images in {source}, one folder per class. Each was converted to "
+        f"{preprocessing.color} and resized to {height}x{width} ({preprocessing.interpolation}); "
+        "the server does the same to PNG/JPEG requests, with the same code. Test images: "
+        f"{result.test_split}.",
+        f"- For images like those in {source}. Other kinds of image are out of its "
+        "distribution,\n  and it will still answer one of its classes with a probability "
+        "that can be high.",
+    )
 
 
 def _layer_options(layer: Layer) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convserve import artifact, fashion_mnist
+from training import data
 from convserve.artifact import KERAS_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
 from training.export import ExportError, versions, write_served_form
 from training.model import TrainConfig, build_model, infer_shapes
@@ -35,8 +36,8 @@ __all__ = [
     "train",
 ]
 
-PIXEL_SCALE = 1.0 / 255.0
-PREPROCESSING = Preprocessing(scale=PIXEL_SCALE, offset=0.0)
+PIXEL_SCALE = data.PIXEL_SCALE
+PREPROCESSING = Preprocessing.for_channels(1, PIXEL_SCALE)  # Fashion-MNIST's
 
 
 @dataclass
@@ -57,6 +58,8 @@ class TrainResult:
     stopped: str = ""
     best_epoch: int = 0  # 1-based: the epoch whose weights were kept (0: the last)
     data_source: str = ""  # the directory the images were read from
+    preprocessing: Preprocessing = PREPROCESSING
+    test_split: str = "Fashion-MNIST's test split"  # where the test images came from
     # The test split and the model's answers on it, for the evaluation report.
     test_images: np.ndarray | None = None
     test_labels: np.ndarray | None = None
@@ -64,8 +67,10 @@ class TrainResult:
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels [N, 28, 28] → the model's input, float32 [N, 28, 28, 1] scaled to [0, 1]."""
-    return (images.astype(np.float32) * np.float32(PIXEL_SCALE))[..., np.newaxis]
+    """uint8 pixels [N, H, W] or [N, H, W, C] → the model's input, float32 [N, H, W, C]
+    scaled to [0, 1]."""
+    scaled = images.astype(np.float32) * np.float32(PIXEL_SCALE)
+    return scaled[..., np.newaxis] if images.ndim == 3 else scaled
 
 
 def fit(
@@ -80,7 +85,7 @@ def fit(
     The same config (seed included) on the same machine gives the same weights and accuracy,
     unless a time budget (max_minutes) cuts the epochs: that depends on the machine's speed.
     """
-    train_set, test_set = _load_splits(config, data_dir)
+    config, train_set, test_set, folder = _load_splits(config, data_dir)
     model = _compiled_model(config, len(train_set.class_names))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -117,6 +122,7 @@ def fit(
         else f"early stopping: no better validation accuracy for {config.patience} epochs",
         best_epoch=epochs_run if early is None else early.best_epoch + 1,
         data_source=str(train_set.source),
+        **({"preprocessing": folder.preprocessing, "test_split": folder.split} if folder else {}),
         test_images=test_set.images,
         test_labels=test_set.labels,
         test_probabilities=probabilities,
@@ -125,13 +131,34 @@ def fit(
 
 def _load_splits(
     config: TrainConfig, data_dir: str | os.PathLike[str] | None
-) -> tuple[fashion_mnist.Dataset, fashion_mnist.Dataset]:
-    """The training and test splits the config asks for, once the config is known to work."""
+) -> tuple[TrainConfig, fashion_mnist.Dataset, fashion_mnist.Dataset, data.Folder | None]:
+    """The training and test splits the config asks for, once the config is known to work;
+    for an image folder, the config with the input shape the images settled."""
     config.check()
+    if config.images:
+        folder = data.scan(
+            Path(config.images), image_size=config.image_size, color=config.color,
+            interpolation=config.interpolation, test_split=config.test_split,
+            classes=config.classes, seed=config.seed,
+        )  # fmt: skip
+        config = config.replace(
+            image_size=folder.shape[:2],
+            color=folder.preprocessing.color,
+            model=dataclasses.replace(config.model, input_shape=folder.shape),
+        )
+        infer_shapes(config.model, len(folder.class_names))  # fail before decoding
+        train_set, test_set = folder.load(config.seed)
+        return config, _first(train_set, config.train_limit), _first(test_set, config.test_limit), folder
     classes = fashion_mnist.resolve_classes(config.classes)
     infer_shapes(config.model, len(classes))  # fail before loading
     load = functools.partial(fashion_mnist.load, data_dir=data_dir, classes=config.classes)
-    return load("train", limit=config.train_limit), load("test", limit=config.test_limit)
+    return config, load("train", limit=config.train_limit), load("test", limit=config.test_limit), None
+
+
+def _first(dataset: fashion_mnist.Dataset, limit: int | None) -> fashion_mnist.Dataset:
+    if limit is None:
+        return dataset
+    return dataclasses.replace(dataset, images=dataset.images[:limit], labels=dataset.labels[:limit])
 
 
 def _compiled_model(config: TrainConfig, classes: int) -> keras.Model:
@@ -273,7 +300,8 @@ def build_metadata(
         classes=result.class_names,
         input=TensorSpec("images", tuple(config.model.input_shape)),
         output=TensorSpec("probabilities", (len(result.class_names),)),
-        preprocessing=PREPROCESSING,
+        preprocessing=result.preprocessing,
+        origin={"kind": "trained", "data": result.data_source},
         training={
             "config": config.to_dict(),
             "seed": config.seed,
@@ -307,7 +335,9 @@ def export(
         if not files:  # not on a second try, after another export took the version
             result.model.save(directory / KERAS_FILE)
             files.append(FileEntry.of(directory / KERAS_FILE))
-            files.extend(write_served_form(result.model, directory, PREPROCESSING, test_images))
+            files.extend(write_served_form(
+                result.model, directory, result.preprocessing, test_images
+            ))
         metadata = build_metadata(result, name, version, files)
         if report:
             write_report(result, directory / REPORT_DIR, metadata)

@@ -63,8 +63,10 @@ class Engine:
         return as_pixels(array, model.input_shape, self.settings.max_images)
 
     async def decode(self, files: list[bytes], model: Model) -> np.ndarray:
-        """PNG/JPEG files → the float32 batch `model` takes (decoded in a worker thread)."""
-        return await self._run(decode_files, files, model.input_shape, self.settings.max_images)
+        """PNG/JPEG files → the float32 batch `model` takes (decoded and resized as the model
+        was trained, in a worker thread)."""
+        return await self._run(decode_files, files, model.input_shape, self.settings.max_images,
+                               model.metadata.preprocessing)  # fmt: skip
 
     async def predict(self, model: Model, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities float32 [N, classes], coalesced with concurrent requests."""

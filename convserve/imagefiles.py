@@ -1,0 +1,82 @@
+"""PNG/JPEG files → a model's pixels, as its recorded preprocessing says: one function for
+training (reading an image folder) and serving (encoded requests), so that both convert and
+resize alike, pixel for pixel (client-side resizing that differs from training's is a known
+cause of silent accuracy loss).
+
+Pillow only (the server has no TensorFlow, so Keras's loader, which resizes with
+TensorFlow's kernels, could not be matched when serving).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from convserve.artifact import Preprocessing
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = ["ImageFileError", "ImageInfo", "decode", "inspect"]
+
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+# Pillow modes without colour: their images are grayscale.
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+class ImageFileError(ValueError):
+    """Not a PNG or JPEG, truncated (a PNG chunk's CRC), or not decodable."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image file is, read from its header: width x height and colour."""
+
+    width: int
+    height: int
+    color: str  # "grayscale" or "rgb"
+
+
+def _open(data: bytes) -> Image:
+    from PIL import Image
+
+    if not data.startswith(_SIGNATURES):
+        raise ImageFileError(f"not a PNG or JPEG file (starts with {data[:8]!r})")
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+            image.verify()  # PNG: every chunk's CRC, up to IEND (decoding stops earlier)
+        image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageFileError(f"cannot decode it: {exc}") from None
+    return image
+
+
+def inspect(data: bytes) -> ImageInfo:
+    """The file's size and colour; decodes all of it, so a truncated file raises here."""
+    image = _open(data)
+    color = "grayscale" if image.mode in _GRAY_MODES else "rgb"
+    return ImageInfo(image.width, image.height, color)
+
+
+def decode(data: bytes, shape: tuple[int, int, int], preprocessing: Preprocessing) -> np.ndarray:
+    """The file as uint8 pixels [H, W, C] of the input `shape`: converted to the recorded
+    colour (grayscale: ITU-R 601-2 luma), then resized with the recorded interpolation if its
+    size differs."""
+    from PIL import Image
+
+    height, width, channels = shape
+    if not preprocessing.color:
+        raise ImageFileError(
+            f"the model takes {channels} channels, not an image: send a tensor [N, {height}, "
+            f"{width}, {channels}]"
+        )
+    image = _open(data)
+    converted = image.convert("L" if preprocessing.color == "grayscale" else "RGB")
+    if converted.size != (width, height):
+        resample = Image.Resampling[preprocessing.interpolation.upper()]
+        converted = converted.resize((width, height), resample)
+    return np.asarray(converted, np.uint8).reshape(height, width, channels)
