@@ -131,6 +131,7 @@ class ModelInfo:
     test_loss: float
     created_at: str
     metadata: dict[str, Any]
+    origin: str = ""  # "trained by convserve on DIR" or "imported from FILE (…)"
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class ModelSummary:
     latest_version: int
     is_default: bool
     class_names: tuple[str, ...]
+    origin: str = ""
 
 
 def _channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, Any]]:
@@ -277,14 +279,15 @@ def _model_info(response: pb.ModelMetadata) -> ModelInfo:
         layers=tuple(from_layer_message(layer) for layer in response.layers),
         parameters=response.parameters, test_accuracy=response.test_accuracy,
         test_loss=response.test_loss, created_at=response.created_at,
-        metadata=json.loads(response.metadata_json or "{}"),
+        metadata=json.loads(response.metadata_json or "{}"), origin=response.origin,
     )  # fmt: skip
 
 
 def _model_summaries(response: pb.ListModelsResponse) -> list[ModelSummary]:
     return [
         ModelSummary(
-            m.name, tuple(m.versions), m.latest_version, m.is_default, tuple(m.class_names)
+            m.name, tuple(m.versions), m.latest_version, m.is_default, tuple(m.class_names),
+            m.origin,
         )
         for m in response.models
     ]

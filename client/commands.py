@@ -385,7 +385,7 @@ def _run_models(args: argparse.Namespace) -> int:
             versions = ", ".join(map(str, model.versions))
             print(
                 f"{model.name}{default}: versions {versions}; "
-                f"classes {', '.join(model.class_names)}"
+                f"classes {', '.join(model.class_names)}; {model.origin}"
             )
     return 0
 

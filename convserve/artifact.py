@@ -461,10 +461,12 @@ def publish(
     `build(directory, version)` writes the model's files into `directory` and returns their
     metadata; `publish` writes metadata.json. Everything goes into a hidden staging directory
     that is renamed into place, so a crash never leaves a half-written version and a server
-    never sees one. If another writer takes the version first, `build` runs again.
+    never sees one. If another writer takes the version first, `build` runs again. If `build`
+    raises, nothing is left behind (not even MODELS_DIR/NAME, if this call created it).
     """
     check_name(name)
     model_root = Path(models_dir) / name
+    created = not model_root.exists()
     model_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_root))
     try:
@@ -486,3 +488,5 @@ def publish(
             return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(model_root.iterdir()):
+            model_root.rmdir()

@@ -47,6 +47,7 @@ class ModelStatus:
     versions: tuple[int, ...]
     is_default: bool
     class_names: tuple[str, ...]
+    origin: str  # the latest version's, see Metadata.describe_origin
 
 
 class Repository:
@@ -263,12 +264,12 @@ class Repository:
 
     def status(self) -> list[ModelStatus]:
         default = self.default_name
-        return [
-            ModelStatus(
-                name, tuple(sorted(versions)), name == default, versions[max(versions)].class_names
-            )
-            for name, versions in sorted(self._models.items())
-        ]
+        statuses = []
+        for name, versions in sorted(self._models.items()):
+            latest = versions[max(versions)]
+            statuses.append(ModelStatus(name, tuple(sorted(versions)), name == default,
+                                        latest.class_names, latest.metadata.describe_origin()))  # fmt: skip
+        return statuses
 
 
 def _scan(models_dir: Path) -> dict[str, dict[int, Path]]:

@@ -11,7 +11,7 @@ from typing import Any
 from convserve.artifact import INTERPOLATIONS
 from convserve.cli import CommandError, positive_int
 
-__all__ = ["add_export_onnx", "add_train"]
+__all__ = ["add_export_onnx", "add_import", "add_train"]
 
 
 def add_train(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +113,47 @@ def add_export_onnx(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--data-dir", type=Path, help="Fashion-MNIST IDX files (default: Debian's)")
     parser.set_defaults(run=_run_export_onnx)
+
+
+def add_import(parser: argparse.ArgumentParser) -> None:
+    """import a classifier trained elsewhere (ONNX or Keras) as a version to serve
+
+    Writes MODELS_DIR/NAME/NEXT from PATH, a .onnx file (NCHW or NHWC input, 1 or 3
+    channels, a fixed height and width, a dynamic batch; output [batch, classes], logits or
+    probabilities) or a .keras model (any functional model): the ONNX graph the server runs,
+    its feature maps by conv layer, its filters and metadata.json. Callers send pixels 0..255
+    NHWC as to any convserve model; the model sees pixels * SCALE + OFFSET.
+    """
+    parser.add_argument("path", type=Path, metavar="PATH", help="a .onnx or .keras file")
+    parser.add_argument("--name", required=True, help="the model's name")
+    parser.add_argument(
+        "--classes", required=True, help='the class names in output order, e.g. "cat,dog,bird"'
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="pixel scale (default: 1)")
+    parser.add_argument("--offset", type=float, default=0.0, help="pixel offset (default: 0)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.set_defaults(run=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from convserve.artifact import ArtifactError, read
+    from training.export import ExportError
+    from training.importer import import_model
+
+    classes = [name.strip() for name in args.classes.split(",")]
+    try:
+        path = import_model(args.path, name=args.name, classes=classes,
+                            models_dir=args.models_dir, scale=args.scale, offset=args.offset)  # fmt: skip
+    except (ArtifactError, ExportError) as exc:
+        raise CommandError(str(exc)) from exc
+    metadata = read(path)
+    convs = [layer.name for layer in metadata.layers if layer.is_conv]
+    print(
+        f"imported {path}: input {'x'.join(map(str, metadata.input.shape))}, "
+        f"{len(metadata.classes)} classes, conv layers {', '.join(convs) or 'none'}; "
+        f"{metadata.describe_origin()}"
+    )
+    return 0
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:

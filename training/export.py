@@ -99,8 +99,9 @@ def export_onnx(
     models_dir: Path, name: str, version: int = 0, *, data_dir: Path | None = None
 ) -> Path:
     """Publish the next version of `name` with version `version`'s model.keras (0: the latest)
-    and its served form, checked on Fashion-MNIST's test images of the model's classes: for
-    versions written before convserve served ONNX. Returns the new version's directory."""
+    and its served form, checked on Fashion-MNIST's test images of the model's classes (on
+    random pixels for models of other images): for versions written before convserve served
+    ONNX. Returns the new version's directory."""
     import datetime as dt
 
     import keras
@@ -114,9 +115,15 @@ def export_onnx(
     if metadata.file(KERAS_FILE) is None:
         raise ExportError(f"{source}: no {KERAS_FILE} to export from")
     model = keras.models.load_model(source / KERAS_FILE, compile=False)
-    images = fashion_mnist.load(
-        "test", data_dir=data_dir, classes=metadata.classes, limit=CHECK_IMAGES
-    ).images
+    fashion = metadata.origin.get("kind", "trained") == "trained" and not metadata.training.get(
+        "config", {}
+    ).get("images")
+    images = (
+        fashion_mnist.load("test", data_dir=data_dir, classes=metadata.classes,
+                           limit=CHECK_IMAGES).images  # fmt: skip
+        if fashion
+        else random_pixels(metadata.input.shape)
+    )
 
     def build(directory: Path, new_version: int) -> Metadata:
         if not (directory / KERAS_FILE).exists():  # not on a second try
@@ -132,6 +139,12 @@ def export_onnx(
         )
 
     return artifact.publish(models_dir, name, build)
+
+
+def random_pixels(shape: tuple[int, ...], count: int = 64) -> np.ndarray:
+    """Seeded uniform pixels 0..255 [count, *shape]: to check the graphs of a model whose
+    data convserve does not have."""
+    return np.random.default_rng(0).integers(0, 256, (count, *shape)).astype(np.float32)
 
 
 def versions() -> dict[str, str]:
@@ -178,6 +191,8 @@ class _Prepared:
             for layer in model.layers
             if type(layer).__name__ != "InputLayer" and len(layer.output.shape) == 4
         ]
+        self.activated = {conv.name: activated_output(model, conv) for conv in self.convs}
+        self.classifier = classifier(model)
         self._tf = tf
 
     def spec(self, batch: int | None = None) -> Any:
@@ -257,6 +272,8 @@ class _Prepared:
             outputs = taps(self.inputs(pixels), training=False)
             shown = outputs[: len(self.maps)]
             result = {layer.name: out for layer, out in zip(self.maps, shown, strict=True)}
+            for conv in self.convs:  # a linear conv's activations are those of the layer after it
+                result[conv.name] = result[self.activated[conv.name].name]
             for layer, below in zip(self.convs, outputs[len(self.maps) :], strict=True):
                 pre = layer.convolution_op(below, layer.kernel)
                 result[f"{layer.name}.pre_activation"] = pre + layer.bias if layer.use_bias else pre
@@ -270,9 +287,10 @@ class _Prepared:
         import keras
 
         tf = self._tf
-        classifier = self.model.layers[-1]  # Dense(classes, softmax)
+        classifier = self.classifier
         both = keras.Model(
-            self.model.input, [layer.output for layer in layers] + [classifier.input]
+            self.model.input,
+            [self.activated[layer.name].output for layer in layers] + [classifier.input],
         )
         height, width = self.shape[:2]
 
@@ -287,7 +305,7 @@ class _Prepared:
                 # Each image's score depends on its own maps only: one gradient for the batch.
                 scores = tf.gather(logits, classes, batch_dims=1)
             gradients = tape.gradient(scores, maps)
-            result = {"probabilities": classifier.activation(logits), "classes": classes}
+            result = {"probabilities": tf.nn.softmax(logits), "classes": classes}
             for layer, activations, gradient in zip(layers, maps, gradients, strict=True):
                 # Grad-CAM weighs each channel by its mean gradient, HiResCAM each position.
                 mean = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)
@@ -304,13 +322,67 @@ class _Prepared:
         return tf.function(explain, input_signature=signature)
 
 
+def classifier(model: Any) -> Any:
+    """The Dense layer whose logits the model's softmax turns into probabilities: the last
+    layer (Dense with softmax), or the Dense right before a final Softmax; else None."""
+    import keras
+
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Dense):
+        return last if activation_name(last) == "softmax" else None
+    below = getattr(last.input, "_keras_history", None)
+    dense = below.operation if below else None
+    if isinstance(dense, keras.layers.Dense) and activation_name(dense) == "linear":
+        return dense if activation_name(last) == "softmax" else None
+    return None
+
+
+def activated_output(model: Any, conv: Any) -> Any:
+    """The layer whose output is `conv`'s activations: `conv` itself, or for a conv without
+    an activation the activation layer that is its output's only consumer."""
+    import keras
+
+    if activation_name(conv) != "linear":
+        return conv
+    consumers = [
+        layer for layer in model.layers
+        if any(tensor is conv.output for tensor in _inputs(layer))
+    ]  # fmt: skip
+    activations = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
+                   keras.layers.ELU, keras.layers.PReLU)  # fmt: skip
+    if len(consumers) == 1 and isinstance(consumers[0], activations):
+        return consumers[0]
+    return conv
+
+
+def _inputs(layer: Any) -> list[Any]:
+    inputs = layer.input
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+
+def first_input(layer: Any) -> Any:
+    """A layer's input tensor; the first one of a layer of several (Add, Concatenate)."""
+    return _inputs(layer)[0]
+
+
+def activation_name(layer: Any) -> str:
+    """A layer's activation: "softmax" for a Softmax layer, the function's name otherwise."""
+    import keras
+
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    if isinstance(layer, keras.layers.ReLU):
+        return "relu"
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", type(layer).__name__.lower())
+
+
 def _explain_graph(prepared: _Prepared, path: Path, pixels: np.ndarray) -> Path | None:
     """The gradient explanations of every conv layer, or of the last ones whose gradients
     convert (an activation whose gradient tf2onnx cannot convert stops the layers before it),
-    if the model ends in Dense; else none: occlusion, which needs no gradient, still works."""
-    import keras
-
-    if not isinstance(prepared.model.layers[-1], keras.layers.Dense):
+    if the model ends in a Dense softmax; else none: occlusion, which needs no gradient, still
+    works."""
+    if prepared.classifier is None:
         return None
     for first in range(len(prepared.convs)):
         function = prepared.explain(prepared.convs[first:])

@@ -17,7 +17,14 @@ import numpy as np
 from convserve import artifact, fashion_mnist
 from training import data
 from convserve.artifact import KERAS_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
-from training.export import ExportError, versions, write_served_form
+from training.export import (
+    ExportError,
+    activated_output,
+    activation_name,
+    first_input,
+    versions,
+    write_served_form,
+)
 from training.model import TrainConfig, build_model, infer_shapes
 from training.reference import output_size, same_padding
 from training.report import REPORT_DIR, class_figures, write_report
@@ -245,15 +252,18 @@ def describe_layers(model: keras.Model) -> list[Layer]:
         described = Layer(
             name=layer.name,
             type=layer.__class__.__name__,
-            input_shape=tuple(int(d) for d in layer.input.shape[1:]),
+            input_shape=tuple(int(d) for d in first_input(layer).shape[1:]),
             output_shape=tuple(int(d) for d in layer.output.shape[1:]),
             parameters=int(layer.count_params()),
         )
-        layers.append(_describe_conv(layer, described) if described.is_conv else described)
+        if described.is_conv:  # its activation: its own, or the activation layer after it
+            activation = activation_name(activated_output(model, layer))
+            described = _describe_conv(layer, described, activation)
+        layers.append(described)
     return layers
 
 
-def _describe_conv(layer: Any, described: Layer) -> Layer:
+def _describe_conv(layer: Any, described: Layer, activation: str) -> Layer:
     kernel, strides, dilation = layer.kernel_size, layer.strides, layer.dilation_rate
     axes = list(zip(described.input_shape[:2], kernel, strides, dilation, strict=True))
     padding_amount = [
@@ -276,7 +286,7 @@ def _describe_conv(layer: Any, described: Layer) -> Layer:
         padding=layer.padding,
         padding_amount=(*padding_amount[0], *padding_amount[1]),
         dilation_rate=tuple(dilation),
-        activation=layer.activation.__name__,
+        activation=activation,
     )
 
 

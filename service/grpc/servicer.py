@@ -112,6 +112,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
                     latest_version=max(status.versions),
                     is_default=status.is_default,
                     class_names=status.class_names,
+                    origin=status.origin,
                 )
                 for status in self.engine.repository.status()
             ]
@@ -150,4 +151,5 @@ def metadata_message(model: Model, repository: Repository) -> pb.ModelMetadata:
         test_loss=meta.evaluation.get("test_loss", 0.0),
         created_at=meta.created_at,
         metadata_json=json.dumps(meta.to_dict()),
+        origin=meta.describe_origin(),
     )

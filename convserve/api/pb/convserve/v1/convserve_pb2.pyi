@@ -216,7 +216,7 @@ class InputSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("model", "versions", "class_names", "input", "preprocessing_scale", "preprocessing_offset", "layers", "parameters", "test_accuracy", "test_loss", "created_at", "metadata_json")
+    __slots__ = ("model", "versions", "class_names", "input", "preprocessing_scale", "preprocessing_offset", "layers", "parameters", "test_accuracy", "test_loss", "created_at", "metadata_json", "origin")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,7 @@ class ModelMetadata(_message.Message):
     TEST_LOSS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     versions: _containers.RepeatedScalarFieldContainer[int]
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -241,25 +242,28 @@ class ModelMetadata(_message.Message):
     test_loss: float
     created_at: str
     metadata_json: str
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., versions: _Optional[_Iterable[int]] = ..., class_names: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., preprocessing_scale: _Optional[float] = ..., preprocessing_offset: _Optional[float] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., parameters: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., test_loss: _Optional[float] = ..., created_at: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+    origin: str
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., versions: _Optional[_Iterable[int]] = ..., class_names: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., preprocessing_scale: _Optional[float] = ..., preprocessing_offset: _Optional[float] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., parameters: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., test_loss: _Optional[float] = ..., created_at: _Optional[str] = ..., metadata_json: _Optional[str] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelSummary(_message.Message):
-    __slots__ = ("name", "versions", "latest_version", "is_default", "class_names")
+    __slots__ = ("name", "versions", "latest_version", "is_default", "class_names", "origin")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedScalarFieldContainer[int]
     latest_version: int
     is_default: bool
     class_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[int]] = ..., latest_version: _Optional[int] = ..., is_default: _Optional[bool] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    origin: str
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[int]] = ..., latest_version: _Optional[int] = ..., is_default: _Optional[bool] = ..., class_names: _Optional[_Iterable[str]] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
