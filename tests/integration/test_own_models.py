@@ -1,0 +1,282 @@
+"""Bring your own images and models: a model trained on a folder of images, an ONNX classifier
+built elsewhere (NCHW, RGB, not 28x28) and a Keras functional model with a skip connection,
+each served by a real server and checked against the framework that defines it."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from client import Client
+from client.errors import InvalidArgument
+from convserve import artifact, fashion_mnist, imagefiles
+from tests.conftest import RunningServer, serving
+from training import data
+from training.export import ExportError
+from training.importer import import_model
+from training.model import PRESETS
+from training.train import train
+
+EASY = ("Trouser", "Bag", "Sneaker")  # three classes that look nothing alike
+SIDE = 32  # the folder's images are 32x32 RGB, resized from Fashion-MNIST's 28x28
+ONNX_SHAPE = (3, 20, 24)  # C, H, W of the ONNX model's NCHW input
+SCALE, OFFSET = 1 / 127.5, -1.0
+
+
+def write_folder(root: Path, per_class: int) -> Path:
+    """DIR/<class>/<i>.png: Fashion-MNIST training images, resized and given colour."""
+    images = fashion_mnist.load("train", classes=EASY, limit=per_class * 4)
+    for label, name in enumerate(EASY):
+        (root / name).mkdir(parents=True)
+        for index, image in enumerate(images.images[images.labels == label][:per_class]):
+            rgb = np.stack([image, image // 2, 255 - image], axis=-1)
+            resized = Image.fromarray(rgb).resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+            resized.save(root / name / f"{index}.png")
+    return root
+
+
+def onnx_classifier(path: Path) -> Path:
+    """What a PyTorch export looks like: NCHW RGB input with a dynamic batch, Conv + Relu, a
+    strided Conv without activation, global average pooling, Gemm → logits (no softmax)."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="features.0",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="features.1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="features.2", kernel_shape=[3, 3],
+                         strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w3", "b3"], ["logits"], transB=1),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *ONNX_SHAPE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(EASY)])],
+        [weight("w1", 4, 3, 3, 3), weight("b1", 4), weight("w2", 6, 4, 3, 3),
+         weight("w3", len(EASY), 6), weight("b3", len(EASY))],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="pytorch", producer_version="2.5.0")  # fmt: skip
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def keras_classifier(path: Path) -> Path:
+    """A functional model with a skip connection, a conv followed by a ReLU layer, logits out."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((24, 20, 3))
+    stem = keras.layers.ReLU(name="stem_relu")(keras.layers.Conv2D(8, 3, padding="same", name="stem")(x))
+    block = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block")(stem)
+    added = keras.layers.Add(name="skip")([stem, block])
+    down = keras.layers.Conv2D(12, 3, strides=2, activation="relu", name="down")(added)
+    pooled = keras.layers.GlobalAveragePooling2D()(down)
+    keras.Model(x, keras.layers.Dense(len(EASY), name="logits")(pooled)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("own")
+    models = root / "models"
+    folder = write_folder(root / "images", per_class=150)
+    config = PRESETS["small"].replace(images=str(folder), epochs=4, batch_size=32)
+    train(config, name="folder", models_dir=models, verbose=0, report=False)
+    onnx_file = onnx_classifier(root / "net.onnx")
+    import_model(onnx_file, name="onnx", classes=EASY, models_dir=models, scale=SCALE,
+                 offset=OFFSET)  # fmt: skip
+    keras_file = keras_classifier(root / "skip.keras")
+    import_model(keras_file, name="keras", classes=EASY, models_dir=models, scale=SCALE,
+                 offset=OFFSET)  # fmt: skip
+    return {"models": models, "folder": folder, "onnx": onnx_file, "keras": keras_file}
+
+
+@pytest.fixture(scope="module")
+def own_server(own: dict[str, Path]) -> Iterator[RunningServer]:
+    from service.settings import Settings
+
+    settings = Settings(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
+                        models_dir=own["models"], default_model="folder")  # fmt: skip
+    with serving(settings) as running:
+        yield running
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def keras_model(version: Path) -> Any:
+    import keras
+
+    return keras.models.load_model(version / artifact.KERAS_FILE, compile=False)
+
+
+def test_a_folder_model_learns_three_easy_classes_and_serves_them(own, own_server) -> None:
+    version = own["models"] / "folder" / "1"
+    metadata = artifact.read(version)
+    assert metadata.classes == tuple(sorted(EASY))
+    assert metadata.input.shape == (SIDE, SIDE, 3)
+    assert (metadata.preprocessing.color, metadata.preprocessing.interpolation) == ("rgb", "bilinear")
+    assert metadata.origin == {"kind": "trained", "data": str(own["folder"])}
+    assert metadata.evaluation["test_accuracy"] >= 0.90
+    # The held-out files, sent as the PNG files they are: the server decodes them as training
+    # did, so its answers are Keras's on the training pipeline's pixels.
+    folder = data.scan(own["folder"])
+    files = [path.read_bytes() for path, _ in folder.test_files]
+    labels = np.array([label for _, label in folder.test_files])
+    with Client(own_server.target) as client:
+        served = client.predict(files).probabilities
+    pixels = np.stack([imagefiles.decode(f, folder.shape, folder.preprocessing) for f in files])
+    expected = keras_model(version).predict(pixels / np.float32(255), verbose=0)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert (served.argmax(axis=1) == labels).mean() >= 0.90
+    assert len(files) == metadata.evaluation["test_examples"]
+
+
+def test_the_server_converts_and_resizes_any_png_as_training_did(own, own_server) -> None:
+    folder = data.scan(own["folder"])
+    original = np.asarray(Image.open(folder.test_files[0][0]))
+    bigger = np.asarray(Image.fromarray(original).resize((3 * SIDE, 2 * SIDE)))
+    gray = np.asarray(Image.fromarray(original).convert("L"))
+    files = [png(bigger), png(gray)]
+    with Client(own_server.target) as client:
+        served = client.predict(files, model="folder").probabilities
+        with pytest.raises(InvalidArgument, match=r"shape \[1, 28, 28\]; expected .*\[N, 32, 32, 3\]"):
+            client.predict(np.zeros((1, 28, 28), np.uint8), model="folder")
+    pixels = np.stack([imagefiles.decode(f, folder.shape, folder.preprocessing) for f in files])
+    assert pixels.shape == (2, SIDE, SIDE, 3)
+    assert (pixels[1, ..., 0] == pixels[1, ..., 2]).all()  # grayscale made RGB
+    expected = keras_model(own["models"] / "folder" / "1").predict(pixels / np.float32(255), verbose=0)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def onnx_source(path: Path, outputs: list[str]) -> onnxruntime.InferenceSession:
+    """ONNX Runtime on the source graph, with intermediate tensors as extra outputs."""
+    model = onnx.load(path)
+    model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                              for name in outputs)  # fmt: skip
+    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_an_imported_onnx_model_answers_as_onnx_runtime_on_its_source(own, own_server) -> None:
+    height, width = ONNX_SHAPE[1:]
+    pixels = np.random.default_rng(1).integers(0, 256, (5, height, width, 3)).astype(np.uint8)
+    with Client(own_server.target) as client:
+        served = client.predict(pixels, model="onnx").probabilities
+        relu = client.feature_map(pixels, model="onnx", layer="features.0", pre_activation=True)
+        strided = client.feature_map(pixels, model="onnx", layer="features.2")
+        filters = client.filters("features.0", model="onnx")
+        models = {summary.name: summary for summary in client.list_models()}
+    inputs = (pixels.astype(np.float32) * np.float32(SCALE) + np.float32(OFFSET)).transpose(0, 3, 1, 2)
+    logits, c1, r1, c2 = onnx_source(own["onnx"], ["c1", "r1", "c2"]).run(None, {"input": inputs})
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(served, softmax / softmax.sum(axis=1, keepdims=True), atol=1e-5)
+    nhwc = (0, 2, 3, 1)
+    np.testing.assert_allclose(relu.activations, r1.transpose(nhwc), atol=1e-5)
+    np.testing.assert_allclose(relu.pre_activations, c1.transpose(nhwc), atol=1e-5)
+    np.testing.assert_allclose(strided.activations, c2.transpose(nhwc), atol=1e-5)
+    assert relu.layer.activation == "relu" and strided.layer.activation == "linear"
+    assert strided.layer.output_shape == (9, 11, 6)  # ⌊(20 − 3) / 2⌋ + 1, ⌊(24 − 3) / 2⌋ + 1
+    weights = numpy_helper.to_array(next(w for w in onnx.load(own["onnx"]).graph.initializer
+                                         if w.name == "w1"))  # fmt: skip
+    np.testing.assert_array_equal(filters.kernels, weights.transpose(2, 3, 1, 0))
+    digest = artifact.sha256_file(own["onnx"])
+    assert models["onnx"].origin == f"imported from net.onnx (onnx, sha256 {digest}, producer pytorch 2.5.0)"
+    assert models["folder"].origin == f"trained by convserve on {own['folder']}"
+
+
+def test_an_imported_onnx_model_is_explained_by_occlusion(own, own_server) -> None:
+    pixels = np.random.default_rng(2).integers(0, 256, (2, *ONNX_SHAPE[1:], 3)).astype(np.uint8)
+    with Client(own_server.target) as client:
+        result = client.explain(pixels, model="onnx")
+        with pytest.raises(InvalidArgument, match="method occlusion, which works on any model"):
+            client.explain(pixels, model="onnx", method="gradcam")
+    assert result.method == "occlusion"
+    assert result.heatmaps.shape == (2, *ONNX_SHAPE[1:])
+    assert (result.heatmaps.reshape(2, -1).max(axis=1) > 0).all()
+
+
+def test_an_imported_keras_model_answers_as_keras_with_grad_cam(own, own_server) -> None:
+    import keras
+
+    pixels = np.random.default_rng(3).integers(0, 256, (4, 24, 20, 3)).astype(np.uint8)
+    with Client(own_server.target) as client:
+        served = client.predict(pixels, model="keras").probabilities
+        stem = client.feature_map(pixels, model="keras", layer="stem", pre_activation=True)
+        explained = client.explain(pixels, model="keras")
+        info = client.metadata("keras")
+    source = keras.models.load_model(own["keras"], compile=False)
+    inputs = pixels.astype(np.float32) * np.float32(SCALE) + np.float32(OFFSET)
+    logits = source.predict(inputs, verbose=0)
+    np.testing.assert_allclose(served, keras.ops.softmax(logits).numpy(), atol=1e-5)
+    taps = keras.Model(source.input, [source.get_layer("stem").output,
+                                      source.get_layer("stem_relu").output])  # fmt: skip
+    convolved, activated = taps.predict(inputs, verbose=0)
+    np.testing.assert_allclose(stem.pre_activations, convolved, atol=1e-5)
+    np.testing.assert_allclose(stem.activations, activated, atol=1e-5)
+    assert stem.layer.activation == "relu"
+    assert explained.method == "gradcam" and explained.layer.name == "down"
+    assert explained.heatmaps.shape == (4, 24, 20)
+    assert info.metadata["origin"]["producer"].startswith("keras ")
+    assert info.metadata["origin"]["output"] == "logits (convserve added the softmax)"
+
+
+def _several_inputs(path: Path) -> None:
+    model = onnx.load(onnx_classifier(path))
+    model.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 2]))
+    onnx.save(model, path)
+
+
+def _dimension(index: int, value: int | str) -> Any:
+    def edit(path: Path) -> None:
+        model = onnx.load(onnx_classifier(path))
+        dim = model.graph.input[0].type.tensor_type.shape.dim[index]
+        dim.Clear()
+        if isinstance(value, int):
+            dim.dim_value = value
+        else:
+            dim.dim_param = value
+        onnx.save(model, path)
+
+    return edit
+
+
+BAD_IMPORTS = {
+    "several inputs": (_several_inputs, "2 inputs|inputs"),
+    "dynamic height": (_dimension(2, "H"), "height"),
+    "fixed batch": (_dimension(0, 1), "batch"),
+    "not an onnx file": (lambda path: path.write_bytes(b"not onnx"), "net.onnx"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMPORTS))
+def test_a_model_that_cannot_be_served_is_refused_before_any_version(
+    own, own_server, tmp_path: Path, case: str
+) -> None:
+    write, message = BAD_IMPORTS[case]
+    path = tmp_path / "net.onnx"
+    write(path)
+    with pytest.raises(ExportError, match=message):
+        import_model(path, name="refused", classes=EASY, models_dir=own["models"])
+    assert not (own["models"] / "refused").exists()
+    with Client(own_server.target) as client:
+        assert [m.name for m in client.list_models()] == ["folder", "keras", "onnx"]
+        assert client.predict(np.zeros((1, SIDE, SIDE, 3), np.uint8), model="folder").labels.shape == (1,)
