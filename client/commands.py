@@ -329,11 +329,13 @@ def _run_explain(args: argparse.Namespace) -> int:
     if args.png:
         from convserve.pictures import MAX_TILES, explain_png
 
-        if not isinstance(images, np.ndarray):  # files: draw the grayscale the server saw
+        if not isinstance(images, np.ndarray):  # files: drawn at the size the server saw
             from PIL import Image  # matplotlib's
 
-            images = np.stack([np.asarray(Image.open(path).convert("L")) for path in args.images])
-        size = explain_png(args.png, images.reshape(result.heatmaps.shape),
+            height, width = result.heatmaps.shape[1:]
+            images = np.stack([np.asarray(Image.open(path).convert("RGB").resize((width, height)))
+                               for path in args.images])  # fmt: skip
+        size = explain_png(args.png, images.reshape(*result.heatmaps.shape, -1),
                            result.heatmaps, result.classes, result.probabilities,
                            result.class_names, result.layer, result.method)  # fmt: skip
         _wrote(args.png, size, f"{min(len(result.heatmaps), MAX_TILES)} images with their heatmaps")

@@ -113,8 +113,8 @@ def explain_png(
     layer: Layer | None,
     method: str,
 ) -> tuple[int, int]:
-    """Each image [N, H, W] (pixels 0..255) with its heatmap over it, each heatmap scaled to its
-    own maximum, titled with the explained class and its probability."""
+    """Each image [N, H, W] or [N, H, W, 1 or 3] (pixels 0..255) with its heatmap over it, each
+    heatmap scaled to its own maximum, titled with the explained class and its probability."""
     plt = pyplot()
     count = min(len(images), MAX_TILES)
     rows, columns = _grid(count)
@@ -124,7 +124,12 @@ def explain_png(
         if index >= count:
             continue
         peak = float(heatmaps[index].max())
-        ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+        image = (
+            images[index][..., 0]
+            if images[index].ndim == 3 and images[index].shape[2] == 1
+            else images[index]
+        )
+        ax.imshow(np.asarray(image, np.uint8), cmap="gray", vmin=0, vmax=255)
         ax.imshow(heatmaps[index] / peak if peak > 0 else heatmaps[index], cmap="jet",
                   alpha=0.45, vmin=0, vmax=1)  # fmt: skip
         label = int(classes[index])

@@ -104,3 +104,17 @@ def test_train_refuses_image_options_without_a_folder() -> None:
 
     with pytest.raises(ConfigError, match="apply to a folder of images"):
         PRESETS["small"].replace(image_size=(32, 32)).check()
+
+
+def test_a_conv_that_does_not_fit_the_folders_images_is_refused_before_decoding(
+    tmp_path: Path,
+) -> None:
+    from training.model import PRESETS, ConfigError, ConvLayer, ModelConfig
+    from training.train import fit
+
+    config = PRESETS["small"].replace(
+        images=str(folder(tmp_path, {"a": 3, "b": 3}, size=(8, 6))),
+        model=ModelConfig(conv=(ConvLayer(4, 7),)),
+    )
+    with pytest.raises(ConfigError, match=r"kernel 7 is larger than its 6x8 input"):
+        fit(config, verbose=0)
