@@ -286,7 +286,11 @@ def _model_info(response: pb.ModelMetadata) -> ModelInfo:
 def _model_summaries(response: pb.ListModelsResponse) -> list[ModelSummary]:
     return [
         ModelSummary(
-            m.name, tuple(m.versions), m.latest_version, m.is_default, tuple(m.class_names),
+            m.name,
+            tuple(m.versions),
+            m.latest_version,
+            m.is_default,
+            tuple(m.class_names),
             m.origin,
         )
         for m in response.models

@@ -4,4 +4,4 @@ client/, service/ and training/ stand on it and never import each other; it impo
 them and needs neither TensorFlow nor a server.
 """
 
-__all__ = ["api", "artifact", "cli", "fashion_mnist", "pictures"]
+__all__ = ["api", "artifact", "cli", "fashion_mnist", "imagefiles", "pictures"]

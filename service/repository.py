@@ -267,8 +267,9 @@ class Repository:
         statuses = []
         for name, versions in sorted(self._models.items()):
             latest = versions[max(versions)]
-            statuses.append(ModelStatus(name, tuple(sorted(versions)), name == default,
-                                        latest.class_names, latest.metadata.describe_origin()))  # fmt: skip
+            origin = latest.metadata.describe_origin()
+            listed = tuple(sorted(versions))
+            statuses.append(ModelStatus(name, listed, name == default, latest.class_names, origin))
         return statuses
 
 

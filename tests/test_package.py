@@ -11,8 +11,11 @@ import sys
 import pytest
 
 PUBLIC = {
-    "convserve": ["api", "artifact", "cli", "fashion_mnist", "pictures"],
-    "training": ["commands", "export", "model", "plan", "reference", "report", "train"],
+    "convserve": ["api", "artifact", "cli", "fashion_mnist", "imagefiles", "pictures"],
+    "training": [
+        "commands", "data", "export", "importer", "model", "onnx_import", "plan", "reference",
+        "report", "train",
+    ],
     "service": [
         "calls", "cpus", "errors", "grpc", "images", "main", "metrics", "model", "policies",
         "repository", "settings", "tokens",
@@ -26,12 +29,14 @@ PUBLIC = {
 
 MODULES = [
     "convserve.api.codec", "convserve.artifact", "convserve.cli", "convserve.fashion_mnist",
-    "convserve.pictures", "client.client", "client.commands", "client.errors", "client.loadtest",
+    "convserve.imagefiles", "convserve.pictures", "client.client", "client.commands",
+    "client.errors", "client.loadtest",
     "service.calls", "service.cpus", "service.errors", "service.policies", "service.tokens",
     "service.images", "service.main", "service.metrics", "service.model", "service.repository",
     "service.settings", "service.grpc.boundary", "service.grpc.engine", "service.grpc.inference",
     "service.grpc.server", "service.grpc.servicer", "training.commands", "training.export",
-    "training.model", "training.plan", "training.reference", "training.report", "training.train",
+    "training.data", "training.importer", "training.model", "training.onnx_import", "training.plan",
+    "training.reference", "training.report", "training.train",
 ]  # fmt: skip
 
 

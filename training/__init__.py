@@ -1,8 +1,20 @@
-"""Train Keras Conv2D classifiers on Fashion-MNIST and publish versioned model artifacts."""
+"""Train Keras Conv2D classifiers on Fashion-MNIST or a folder of images, import classifiers
+trained elsewhere (ONNX, Keras), and publish versioned model artifacts."""
 
 import os
 
 # TensorFlow's C++ start-up chatter (CPU features, missing CUDA) hides the training output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__all__ = ["commands", "export", "model", "plan", "reference", "report", "train"]
+__all__ = [
+    "commands",
+    "data",
+    "export",
+    "importer",
+    "model",
+    "onnx_import",
+    "plan",
+    "reference",
+    "report",
+    "train",
+]

@@ -142,8 +142,10 @@ def _run_import(args: argparse.Namespace) -> int:
 
     classes = [name.strip() for name in args.classes.split(",")]
     try:
-        path = import_model(args.path, name=args.name, classes=classes,
-                            models_dir=args.models_dir, scale=args.scale, offset=args.offset)  # fmt: skip
+        path = import_model(
+            args.path, name=args.name, classes=classes, models_dir=args.models_dir,
+            scale=args.scale, offset=args.offset,
+        )  # fmt: skip
     except (ArtifactError, ExportError) as exc:
         raise CommandError(str(exc)) from exc
     metadata = read(path)

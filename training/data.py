@@ -24,6 +24,7 @@ from convserve.fashion_mnist import DataError, Dataset
 __all__ = ["EXTENSIONS", "Folder", "scan"]
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
+Labelled = tuple[Path, int]  # an image file and its class index
 PIXEL_SCALE = 1.0 / 255.0
 
 
@@ -33,8 +34,8 @@ class Folder:
 
     root: Path
     class_names: tuple[str, ...]
-    train_files: tuple[tuple[Path, int], ...]  # (file, label)
-    test_files: tuple[tuple[Path, int], ...]
+    train_files: tuple[Labelled, ...]  # (file, label)
+    test_files: tuple[Labelled, ...]
     shape: tuple[int, int, int]  # height, width, channels
     preprocessing: Preprocessing
     split: str  # how the test images were chosen, for the model card
@@ -46,7 +47,7 @@ class Folder:
         train = [self.train_files[i] for i in order]
         return self._decode(train), self._decode(list(self.test_files))
 
-    def _decode(self, files: list[tuple[Path, int]]) -> Dataset:
+    def _decode(self, files: list[Labelled]) -> Dataset:
         images = np.empty((len(files), *self.shape), np.uint8)
         for index, (path, _) in enumerate(files):
             images[index] = imagefiles.decode(path.read_bytes(), self.shape, self.preprocessing)
@@ -113,8 +114,8 @@ def _class_folders(directory: Path, wanted: Sequence[str]) -> list[str]:
     return found
 
 
-def _files(directory: Path, names: list[str]) -> list[tuple[Path, int]]:
-    files = []
+def _files(directory: Path, names: list[str]) -> list[Labelled]:
+    files: list[Labelled] = []
     for label, name in enumerate(names):
         found = sorted(
             p for p in (directory / name).rglob("*")
@@ -127,13 +128,14 @@ def _files(directory: Path, names: list[str]) -> list[tuple[Path, int]]:
 
 
 def _hold_out(
-    files: list[tuple[Path, int]], root: Path, names: list[str], fraction: float, seed: int
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    files: list[Labelled], root: Path, names: list[str], fraction: float, seed: int
+) -> tuple[list[Labelled], list[Labelled]]:
     """Each class's seeded `fraction` (at least one image) for testing, the rest for training."""
     if not 0 < fraction < 1:
         raise DataError(f"test_split must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
-    train, test = [], []
+    train: list[Labelled] = []
+    test: list[Labelled] = []
     for label, name in enumerate(names):
         own = [entry for entry in files if entry[1] == label]
         held = max(1, round(len(own) * fraction))

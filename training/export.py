@@ -115,15 +115,12 @@ def export_onnx(
     if metadata.file(KERAS_FILE) is None:
         raise ExportError(f"{source}: no {KERAS_FILE} to export from")
     model = keras.models.load_model(source / KERAS_FILE, compile=False)
-    fashion = metadata.origin.get("kind", "trained") == "trained" and not metadata.training.get(
-        "config", {}
-    ).get("images")
-    images = (
-        fashion_mnist.load("test", data_dir=data_dir, classes=metadata.classes,
-                           limit=CHECK_IMAGES).images  # fmt: skip
-        if fashion
-        else random_pixels(metadata.input.shape)
-    )
+    folder = metadata.training.get("config", {}).get("images")
+    if metadata.origin.get("kind", "trained") == "trained" and not folder:
+        test = fashion_mnist.load("test", data_dir=data_dir, classes=metadata.classes)
+        images = test.images[:CHECK_IMAGES]
+    else:
+        images = random_pixels(metadata.input.shape)
 
     def build(directory: Path, new_version: int) -> Metadata:
         if not (directory / KERAS_FILE).exists():  # not on a second try

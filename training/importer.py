@@ -69,7 +69,9 @@ def import_model(
     return artifact.publish(models_dir, name, build)
 
 
-def _onnx(source: Path, directory: Path, classes: int, scale: float, offset: float) -> dict[str, Any]:
+def _onnx(
+    source: Path, directory: Path, classes: int, scale: float, offset: float
+) -> dict[str, Any]:
     from training.onnx_import import write_onnx_served_form
 
     imported = write_onnx_served_form(source, directory, classes, Preprocessing(scale, offset))
@@ -88,7 +90,9 @@ def _onnx(source: Path, directory: Path, classes: int, scale: float, offset: flo
     }  # fmt: skip
 
 
-def _keras(source: Path, directory: Path, classes: int, scale: float, offset: float) -> dict[str, Any]:
+def _keras(
+    source: Path, directory: Path, classes: int, scale: float, offset: float
+) -> dict[str, Any]:
     """A Keras model: its served form as for a trained model (ONNX graphs checked against
     Keras, Grad-CAM where the gradients export), plus model.keras for `convserve export-onnx`."""
     import keras

@@ -204,10 +204,11 @@ def model_card(result: TrainResult, metadata: Metadata) -> str:
     )
     stopped = result.stopped or f"ran all {config.epochs} epochs"
     height, width, _ = metadata.input.shape
+    images = f"{height}x{width} {metadata.preprocessing.color} images"
     data, use = _data_and_use(result, metadata)
     return f"""# {metadata.name} version {metadata.version}
 
-A Keras Conv2D classifier of {height}x{width} {metadata.preprocessing.color} images into {len(result.class_names)} classes
+A Keras Conv2D classifier of {images} into {len(result.class_names)} classes
 ({", ".join(result.class_names)}), exported by convserve {metadata.framework["convserve"]}
 on {metadata.created_at}.
 

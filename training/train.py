@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convserve import artifact, fashion_mnist
-from training import data
 from convserve.artifact import KERAS_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
+from training import data
 from training.export import (
     ExportError,
     activated_output,
@@ -129,7 +129,8 @@ def fit(
         else f"early stopping: no better validation accuracy for {config.patience} epochs",
         best_epoch=epochs_run if early is None else early.best_epoch + 1,
         data_source=str(train_set.source),
-        **({"preprocessing": folder.preprocessing, "test_split": folder.split} if folder else {}),
+        preprocessing=folder.preprocessing if folder else PREPROCESSING,
+        test_split=folder.split if folder else TrainResult.test_split,
         test_images=test_set.images,
         test_labels=test_set.labels,
         test_probabilities=probabilities,
@@ -155,17 +156,29 @@ def _load_splits(
         )
         infer_shapes(config.model, len(folder.class_names))  # fail before decoding
         train_set, test_set = folder.load(config.seed)
-        return config, _first(train_set, config.train_limit), _first(test_set, config.test_limit), folder
+        return (
+            config,
+            _first(train_set, config.train_limit),
+            _first(test_set, config.test_limit),
+            folder,
+        )
     classes = fashion_mnist.resolve_classes(config.classes)
     infer_shapes(config.model, len(classes))  # fail before loading
     load = functools.partial(fashion_mnist.load, data_dir=data_dir, classes=config.classes)
-    return config, load("train", limit=config.train_limit), load("test", limit=config.test_limit), None
+    return (
+        config,
+        load("train", limit=config.train_limit),
+        load("test", limit=config.test_limit),
+        None,
+    )
 
 
 def _first(dataset: fashion_mnist.Dataset, limit: int | None) -> fashion_mnist.Dataset:
     if limit is None:
         return dataset
-    return dataclasses.replace(dataset, images=dataset.images[:limit], labels=dataset.labels[:limit])
+    return dataclasses.replace(
+        dataset, images=dataset.images[:limit], labels=dataset.labels[:limit]
+    )
 
 
 def _compiled_model(config: TrainConfig, classes: int) -> keras.Model:
@@ -345,9 +358,9 @@ def export(
         if not files:  # not on a second try, after another export took the version
             result.model.save(directory / KERAS_FILE)
             files.append(FileEntry.of(directory / KERAS_FILE))
-            files.extend(write_served_form(
-                result.model, directory, result.preprocessing, test_images
-            ))
+            files.extend(
+                write_served_form(result.model, directory, result.preprocessing, test_images)
+            )
         metadata = build_metadata(result, name, version, files)
         if report:
             write_report(result, directory / REPORT_DIR, metadata)

@@ -82,7 +82,9 @@ def keras_classifier(path: Path) -> Path:
 
     keras.utils.set_random_seed(0)
     x = keras.Input((24, 20, 3))
-    stem = keras.layers.ReLU(name="stem_relu")(keras.layers.Conv2D(8, 3, padding="same", name="stem")(x))
+    stem = keras.layers.ReLU(name="stem_relu")(
+        keras.layers.Conv2D(8, 3, padding="same", name="stem")(x)
+    )
     block = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block")(stem)
     added = keras.layers.Add(name="skip")([stem, block])
     down = keras.layers.Conv2D(12, 3, strides=2, activation="relu", name="down")(added)
@@ -134,7 +136,10 @@ def test_a_folder_model_learns_three_easy_classes_and_serves_them(own, own_serve
     metadata = artifact.read(version)
     assert metadata.classes == tuple(sorted(EASY))
     assert metadata.input.shape == (SIDE, SIDE, 3)
-    assert (metadata.preprocessing.color, metadata.preprocessing.interpolation) == ("rgb", "bilinear")
+    assert (metadata.preprocessing.color, metadata.preprocessing.interpolation) == (
+        "rgb",
+        "bilinear",
+    )
     assert metadata.origin == {"kind": "trained", "data": str(own["folder"])}
     assert metadata.evaluation["test_accuracy"] >= 0.90
     # The held-out files, sent as the PNG files they are: the server decodes them as training
@@ -159,12 +164,16 @@ def test_the_server_converts_and_resizes_any_png_as_training_did(own, own_server
     files = [png(bigger), png(gray)]
     with Client(own_server.target) as client:
         served = client.predict(files, model="folder").probabilities
-        with pytest.raises(InvalidArgument, match=r"shape \[1, 28, 28\]; expected .*\[N, 32, 32, 3\]"):
+        with pytest.raises(
+            InvalidArgument, match=r"shape \[1, 28, 28\]; expected .*\[N, 32, 32, 3\]"
+        ):
             client.predict(np.zeros((1, 28, 28), np.uint8), model="folder")
     pixels = np.stack([imagefiles.decode(f, folder.shape, folder.preprocessing) for f in files])
     assert pixels.shape == (2, SIDE, SIDE, 3)
     assert (pixels[1, ..., 0] == pixels[1, ..., 2]).all()  # grayscale made RGB
-    expected = keras_model(own["models"] / "folder" / "1").predict(pixels / np.float32(255), verbose=0)
+    expected = keras_model(own["models"] / "folder" / "1").predict(
+        pixels / np.float32(255), verbose=0
+    )
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
@@ -173,7 +182,9 @@ def onnx_source(path: Path, outputs: list[str]) -> onnxruntime.InferenceSession:
     model = onnx.load(path)
     model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
                               for name in outputs)  # fmt: skip
-    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
 
 
 def test_an_imported_onnx_model_answers_as_onnx_runtime_on_its_source(own, own_server) -> None:
@@ -185,7 +196,9 @@ def test_an_imported_onnx_model_answers_as_onnx_runtime_on_its_source(own, own_s
         strided = client.feature_map(pixels, model="onnx", layer="features.2")
         filters = client.filters("features.0", model="onnx")
         models = {summary.name: summary for summary in client.list_models()}
-    inputs = (pixels.astype(np.float32) * np.float32(SCALE) + np.float32(OFFSET)).transpose(0, 3, 1, 2)
+    inputs = (pixels.astype(np.float32) * np.float32(SCALE) + np.float32(OFFSET)).transpose(
+        0, 3, 1, 2
+    )
     logits, c1, r1, c2 = onnx_source(own["onnx"], ["c1", "r1", "c2"]).run(None, {"input": inputs})
     softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(served, softmax / softmax.sum(axis=1, keepdims=True), atol=1e-5)
@@ -199,7 +212,10 @@ def test_an_imported_onnx_model_answers_as_onnx_runtime_on_its_source(own, own_s
                                          if w.name == "w1"))  # fmt: skip
     np.testing.assert_array_equal(filters.kernels, weights.transpose(2, 3, 1, 0))
     digest = artifact.sha256_file(own["onnx"])
-    assert models["onnx"].origin == f"imported from net.onnx (onnx, sha256 {digest}, producer pytorch 2.5.0)"
+    assert (
+        models["onnx"].origin
+        == f"imported from net.onnx (onnx, sha256 {digest}, producer pytorch 2.5.0)"
+    )
     assert models["folder"].origin == f"trained by convserve on {own['folder']}"
 
 
@@ -279,4 +295,6 @@ def test_a_model_that_cannot_be_served_is_refused_before_any_version(
     assert not (own["models"] / "refused").exists()
     with Client(own_server.target) as client:
         assert [m.name for m in client.list_models()] == ["folder", "keras", "onnx"]
-        assert client.predict(np.zeros((1, SIDE, SIDE, 3), np.uint8), model="folder").labels.shape == (1,)
+        assert client.predict(
+            np.zeros((1, SIDE, SIDE, 3), np.uint8), model="folder"
+        ).labels.shape == (1,)

@@ -52,7 +52,9 @@ def test_a_train_and_test_split_of_its_own_is_used_as_it_is(tmp_path: Path) -> N
 def test_mixed_sizes_need_an_image_size(tmp_path: Path) -> None:
     folder(tmp_path, {"a": 3, "b": 3})
     folder(tmp_path, {"c": 2}, size=(20, 16))
-    with pytest.raises(DataError, match=r"2 sizes .* 10x12 \(6 files\) and 16x20 .*--image-size 10x12"):
+    with pytest.raises(
+        DataError, match=r"2 sizes .* 10x12 \(6 files\) and 16x20 .*--image-size 10x12"
+    ):
         data.scan(tmp_path)
     scanned = data.scan(tmp_path, image_size=(16, 16), color="rgb", interpolation="nearest")
     assert scanned.shape == (16, 16, 3)

@@ -121,7 +121,7 @@ def test_failed_export_leaves_no_version(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(train, "build_metadata", crash)
     with pytest.raises(OSError, match="disk full"):
         train.export(result, tmp_path, "m")
-    assert os.listdir(tmp_path / "m") == []
+    assert not (tmp_path / "m").exists()  # not even the model's folder, which it created
 
 
 def test_bad_model_name_is_rejected_before_training(tmp_path: Path) -> None:
