@@ -18,79 +18,23 @@ from PIL import Image
 
 from client import Client
 from client.errors import InvalidArgument
-from convserve import artifact, fashion_mnist, imagefiles
+from convserve import artifact, imagefiles
 from tests.conftest import RunningServer, serving
+from tests.own_models import (
+    EASY,
+    OFFSET,
+    ONNX_SHAPE,
+    SCALE,
+    SIDE,
+    keras_classifier,
+    onnx_classifier,
+    write_folder,
+)
 from training import data
 from training.export import ExportError
 from training.importer import import_model
 from training.model import PRESETS
 from training.train import train
-
-EASY = ("Trouser", "Bag", "Sneaker")  # three classes that look nothing alike
-SIDE = 32  # the folder's images are 32x32 RGB, resized from Fashion-MNIST's 28x28
-ONNX_SHAPE = (3, 20, 24)  # C, H, W of the ONNX model's NCHW input
-SCALE, OFFSET = 1 / 127.5, -1.0
-
-
-def write_folder(root: Path, per_class: int) -> Path:
-    """DIR/<class>/<i>.png: Fashion-MNIST training images, resized and given colour."""
-    images = fashion_mnist.load("train", classes=EASY, limit=per_class * 4)
-    for label, name in enumerate(EASY):
-        (root / name).mkdir(parents=True)
-        for index, image in enumerate(images.images[images.labels == label][:per_class]):
-            rgb = np.stack([image, image // 2, 255 - image], axis=-1)
-            resized = Image.fromarray(rgb).resize((SIDE, SIDE), Image.Resampling.BILINEAR)
-            resized.save(root / name / f"{index}.png")
-    return root
-
-
-def onnx_classifier(path: Path) -> Path:
-    """What a PyTorch export looks like: NCHW RGB input with a dynamic batch, Conv + Relu, a
-    strided Conv without activation, global average pooling, Gemm → logits (no softmax)."""
-    rng = np.random.default_rng(0)
-
-    def weight(name: str, *shape: int) -> onnx.TensorProto:
-        return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
-
-    nodes = [
-        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="features.0",
-                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="features.1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="features.2", kernel_shape=[3, 3],
-                         strides=[2, 2]),
-        helper.make_node("GlobalAveragePool", ["c2"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "w3", "b3"], ["logits"], transB=1),
-    ]  # fmt: skip
-    graph = helper.make_graph(
-        nodes, "classifier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *ONNX_SHAPE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(EASY)])],
-        [weight("w1", 4, 3, 3, 3), weight("b1", 4), weight("w2", 6, 4, 3, 3),
-         weight("w3", len(EASY), 6), weight("b3", len(EASY))],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="pytorch", producer_version="2.5.0")  # fmt: skip
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
-
-
-def keras_classifier(path: Path) -> Path:
-    """A functional model with a skip connection, a conv followed by a ReLU layer, logits out."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    x = keras.Input((24, 20, 3))
-    stem = keras.layers.ReLU(name="stem_relu")(
-        keras.layers.Conv2D(8, 3, padding="same", name="stem")(x)
-    )
-    block = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block")(stem)
-    added = keras.layers.Add(name="skip")([stem, block])
-    down = keras.layers.Conv2D(12, 3, strides=2, activation="relu", name="down")(added)
-    pooled = keras.layers.GlobalAveragePooling2D()(down)
-    keras.Model(x, keras.layers.Dense(len(EASY), name="logits")(pooled)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -255,31 +199,79 @@ def test_an_imported_keras_model_answers_as_keras_with_grad_cam(own, own_server)
     assert info.metadata["origin"]["output"] == "logits (convserve added the softmax)"
 
 
-def _several_inputs(path: Path) -> None:
-    model = onnx.load(onnx_classifier(path))
+def _onnx(edit: Any) -> Any:
+    """A writer of net.onnx: the example classifier, with `edit` applied to it."""
+
+    def write(directory: Path) -> Path:
+        model = onnx.load(onnx_classifier(directory / "net.onnx"))
+        edit(model)
+        onnx.save(model, directory / "net.onnx")
+        return directory / "net.onnx"
+
+    return write
+
+
+def _dimension(value: onnx.ValueInfoProto, index: int, size: int | str) -> None:
+    dim = value.type.tensor_type.shape.dim[index]
+    dim.Clear()
+    if isinstance(size, int):
+        dim.dim_value = size
+    else:
+        dim.dim_param = size
+
+
+def _extra_input(model: onnx.ModelProto) -> None:
     model.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 2]))
-    onnx.save(model, path)
 
 
-def _dimension(index: int, value: int | str) -> Any:
-    def edit(path: Path) -> None:
-        model = onnx.load(onnx_classifier(path))
-        dim = model.graph.input[0].type.tensor_type.shape.dim[index]
-        dim.Clear()
-        if isinstance(value, int):
-            dim.dim_value = value
-        else:
-            dim.dim_param = value
-        onnx.save(model, path)
+def _unknown_operator(model: onnx.ModelProto) -> None:
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    model.graph.node.insert(
+        0, helper.make_node("Frobnicate", ["input"], ["ignored"], domain="com.example")
+    )
 
-    return edit
+
+def _not_onnx(directory: Path) -> Path:
+    (directory / "net.onnx").write_bytes(b"not onnx")
+    return directory / "net.onnx"
+
+
+def _keras(outputs: int, inputs: int = 1) -> Any:
+    """A writer of net.keras: a small functional model of `inputs` inputs and `outputs` classes."""
+
+    def write(directory: Path) -> Path:
+        import keras
+
+        images = [keras.Input((8, 8, 3)) for _ in range(inputs)]
+        x = images[0] if inputs == 1 else keras.layers.Add()(images)
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(x))
+        keras.Model(images, keras.layers.Dense(outputs)(x)).save(directory / "net.keras")
+        return directory / "net.keras"
+
+    return write
 
 
 BAD_IMPORTS = {
-    "several inputs": (_several_inputs, "2 inputs|inputs"),
-    "dynamic height": (_dimension(2, "H"), "height"),
-    "fixed batch": (_dimension(0, 1), "batch"),
-    "not an onnx file": (lambda path: path.write_bytes(b"not onnx"), "net.onnx"),
+    "onnx: several inputs": (_onnx(_extra_input), r"2 graph inputs \(input, extra\)"),
+    "onnx: dynamic height": (
+        _onnx(lambda model: _dimension(model.graph.input[0], 2, "H")),
+        r"\[N, 3, H, 24\]: expected a fixed height",
+    ),
+    "onnx: fixed batch": (
+        _onnx(lambda model: _dimension(model.graph.input[0], 0, 1)),
+        "has a fixed batch size 1, expected a dynamic one",
+    ),
+    "onnx: other classes": (
+        _onnx(lambda model: _dimension(model.graph.output[0], 1, 5)),
+        "has 5 classes, expected 3",
+    ),
+    "onnx: an operator ONNX Runtime lacks": (_onnx(_unknown_operator), "cannot run it"),
+    "not an onnx file": (_not_onnx, "not an ONNX model"),
+    "keras: two inputs": (_keras(3, inputs=2), "2 inputs; expected one image input"),
+    "keras: other classes": (
+        _keras(4),
+        r"outputs \[\[None, 4\]\]; expected one output \[batch, 3\]",
+    ),
 }
 
 
@@ -288,13 +280,10 @@ def test_a_model_that_cannot_be_served_is_refused_before_any_version(
     own, own_server, tmp_path: Path, case: str
 ) -> None:
     write, message = BAD_IMPORTS[case]
-    path = tmp_path / "net.onnx"
-    write(path)
     with pytest.raises(ExportError, match=message):
-        import_model(path, name="refused", classes=EASY, models_dir=own["models"])
+        import_model(write(tmp_path), name="refused", classes=EASY, models_dir=own["models"])
     assert not (own["models"] / "refused").exists()
     with Client(own_server.target) as client:
         assert [m.name for m in client.list_models()] == ["folder", "keras", "onnx"]
-        assert client.predict(
-            np.zeros((1, SIDE, SIDE, 3), np.uint8), model="folder"
-        ).labels.shape == (1,)
+        answer = client.predict(np.zeros((1, SIDE, SIDE, 3), np.uint8), model="folder")
+        assert answer.labels.shape == (1,)
