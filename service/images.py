@@ -40,13 +40,14 @@ def as_pixels(array: np.ndarray, shape: tuple[int, int, int], max_images: int) -
     Cheap (numpy only): safe on the event loop. Encoded files go through `decode_files`.
     """
     height, width, channels = shape
-    accepted = {(height, width, channels), (height * width * channels,)}
+    accepted = [(height, width, channels), (height * width * channels,)]
     if channels == 1:
-        accepted.add((height, width))
+        accepted.insert(0, (height, width))
     if array.ndim < 2 or array.shape[1:] not in accepted:
+        forms = [f"[N, {', '.join(map(str, form))}]" for form in accepted]
         raise InvalidInput(
-            f"images tensor has shape {list(array.shape)}; expected [N, {height}, {width}], "
-            f"[N, {height}, {width}, {channels}] or [N, {height * width * channels}]"
+            f"images tensor has shape {list(array.shape)}; expected "
+            f"{', '.join(forms[:-1])} or {forms[-1]}"
         )
     _check_count(array.shape[0], max_images)
     pixels = array.reshape(array.shape[0], *shape).astype(np.float32, copy=False)
