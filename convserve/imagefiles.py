@@ -20,7 +20,7 @@ from convserve.artifact import Preprocessing
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["ImageFileError", "ImageInfo", "decode", "inspect"]
+__all__ = ["ImageFileError", "ImageInfo", "ImageTooLarge", "decode", "inspect"]
 
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 # Pillow modes without colour: their images are grayscale.
@@ -29,6 +29,10 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F
 
 class ImageFileError(ValueError):
     """Not a PNG or JPEG, truncated (a PNG chunk's CRC), or not decodable."""
+
+
+class ImageTooLarge(ImageFileError):
+    """More pixels than the caller decodes (a small file can hold a huge image)."""
 
 
 @dataclass(frozen=True)
@@ -40,17 +44,29 @@ class ImageInfo:
     color: str  # "grayscale" or "rgb"
 
 
-def _open(data: bytes) -> Image:
+def _open(data: bytes, max_pixels: int = 0) -> Image:
+    """The decoded image; its size is checked against `max_pixels` (0: Pillow's own limit)
+    from the header, before anything is decompressed."""
     from PIL import Image
 
     if not data.startswith(_SIGNATURES):
         raise ImageFileError(f"not a PNG or JPEG file (starts with {data[:8]!r})")
     try:
         with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+            pixels = image.width * image.height
+            if max_pixels and pixels > max_pixels:
+                raise ImageTooLarge(
+                    f"{image.width}x{image.height} is {pixels:,} pixels; at most {max_pixels:,} "
+                    "are decoded per image"
+                )
             image.verify()  # PNG: every chunk's CRC, up to IEND (decoding stops earlier)
         image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
         image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # over twice Pillow's MAX_IMAGE_PIXELS
+        raise ImageTooLarge(str(exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageTooLarge):
+            raise
         raise ImageFileError(f"cannot decode it: {exc}") from None
     return image
 
@@ -62,10 +78,12 @@ def inspect(data: bytes) -> ImageInfo:
     return ImageInfo(image.width, image.height, color)
 
 
-def decode(data: bytes, shape: tuple[int, int, int], preprocessing: Preprocessing) -> np.ndarray:
+def decode(
+    data: bytes, shape: tuple[int, int, int], preprocessing: Preprocessing, max_pixels: int = 0
+) -> np.ndarray:
     """The file as uint8 pixels [H, W, C] of the input `shape`: converted to the recorded
     colour (grayscale: ITU-R 601-2 luma), then resized with the recorded interpolation if its
-    size differs."""
+    size differs. ImageTooLarge for an image of more than `max_pixels` (if given)."""
     from PIL import Image
 
     height, width, channels = shape
@@ -74,7 +92,7 @@ def decode(data: bytes, shape: tuple[int, int, int], preprocessing: Preprocessin
             f"the model takes {channels} channels, not an image: send a tensor [N, {height}, "
             f"{width}, {channels}]"
         )
-    image = _open(data)
+    image = _open(data, max_pixels)
     converted = image.convert("L" if preprocessing.color == "grayscale" else "RGB")
     if converted.size != (width, height):
         resample = Image.Resampling[preprocessing.interpolation.upper()]

@@ -124,11 +124,9 @@ def explain_png(
         if index >= count:
             continue
         peak = float(heatmaps[index].max())
-        image = (
-            images[index][..., 0]
-            if images[index].ndim == 3 and images[index].shape[2] == 1
-            else images[index]
-        )
+        image = images[index]
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
         ax.imshow(np.asarray(image, np.uint8), cmap="gray", vmin=0, vmax=255)
         ax.imshow(heatmaps[index] / peak if peak > 0 else heatmaps[index], cmap="jet",
                   alpha=0.45, vmin=0, vmax=1)  # fmt: skip

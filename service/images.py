@@ -10,7 +10,11 @@ from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from convserve.artifact import Preprocessing
 from service.errors import InvalidInput, ResourceExhausted
 
-__all__ = ["as_pixels", "decode_files", "from_images", "is_encoded"]
+__all__ = ["MAX_IMAGE_PIXELS", "as_pixels", "decode_files", "from_images", "is_encoded"]
+
+# The largest PNG/JPEG decoded (and resized) for a request: a 6000x4000 camera photo fits; a
+# few-kilobyte file claiming 100,000x100,000 pixels is refused from its header.
+MAX_IMAGE_PIXELS = 25_000_000
 
 
 def is_encoded(images: pb.Images) -> bool:
@@ -66,7 +70,9 @@ def decode_files(files: list[bytes], shape: tuple[int, int, int], max_images: in
     decoded = np.empty((len(files), *shape), np.float32)
     for index, data in enumerate(files):
         try:
-            decoded[index] = imagefiles.decode(data, shape, preprocessing)
+            decoded[index] = imagefiles.decode(data, shape, preprocessing, MAX_IMAGE_PIXELS)
+        except imagefiles.ImageTooLarge as exc:
+            raise ResourceExhausted(f"image {index}: {exc}") from None
         except imagefiles.ImageFileError as exc:
             raise InvalidInput(f"image {index}: {exc}") from None
     return decoded

@@ -4,6 +4,8 @@ server answers the next request as if nothing happened."""
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 
 import grpc
 import numpy as np
@@ -28,6 +30,14 @@ def _png(width: int, height: int) -> bytes:
     import tensorflow as tf
 
     return bytes(tf.io.encode_png(np.zeros((height, width, 1), np.uint8)).numpy())
+
+
+def _claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims `width` x `height` pixels (its CRC recomputed)."""
+    data = bytearray(_png(28, 28))
+    data[16:24] = struct.pack(">II", width, height)  # IHDR: the first chunk, after the signature
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
 
 
 def _predict(images: pb.Images | None = None, **fields: object) -> pb.PredictRequest:
@@ -75,6 +85,15 @@ CASES = {
     "inf": (_predict(_tensor(np.full((1, 28, 28), np.inf, np.float32))), INVALID, "has NaN"),
     "not an image file": (_predict(_files(b"hello")), INVALID, "image 0: not a PNG or JPEG"),
     "broken png": (_predict(_files(_png(28, 28)[:60])), INVALID, "image 0: cannot decode it"),
+    "a large image in a small file": (
+        _predict(_files(_claiming(10_000, 5_000))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "image 0: 10000x5000 is 50,000,000 pixels; at most 25,000,000 are decoded per image",
+    ),
+    "a decompression bomb": (
+        _predict(_files(_claiming(100_000, 100_000))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "image 0: Image size .* could be decompression bomb",
+    ),
     "negative top_k": (_predict(_tensor(GOOD), top_k=-1), INVALID, "top_k must be >= 0"),
     "unknown model": (
         _predict(_tensor(GOOD), model=_model("shoes")),
