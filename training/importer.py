@@ -12,16 +12,29 @@ import json
 import os
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from convserve import artifact
-from convserve.artifact import KERAS_FILE, FileEntry, Metadata, Preprocessing, TensorSpec
+from convserve.artifact import KERAS_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
 from training.export import ExportError, random_pixels, versions, write_served_form
 
 __all__ = ["FORMATS", "import_model"]
 
 FORMATS = (".onnx", ".keras")
+LOGITS = "logits (convserve added the softmax)"
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What an importer wrote into the version and found in the source."""
+
+    input_shape: tuple[int, int, int]
+    files: list[FileEntry]
+    layers: list[Layer]
+    parameters: int
+    origin: dict[str, str]  # what metadata.json's origin adds about the source
 
 
 def import_model(
@@ -50,49 +63,39 @@ def import_model(
     served = _onnx if origin["format"] == "onnx" else _keras
 
     def build(directory: Path, version: int) -> Metadata:
-        parts = served(source, directory, len(classes), scale, offset)
+        found = served(source, directory, len(classes), scale, offset)
         return Metadata(
             name=name,
             version=version,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             classes=classes,
-            input=TensorSpec("images", parts["input_shape"]),
+            input=TensorSpec("images", found.input_shape),
             output=TensorSpec("probabilities", (len(classes),)),
-            preprocessing=Preprocessing.for_channels(parts["input_shape"][2], scale, offset),
-            files=tuple(parts["files"]),
-            layers=tuple(parts["layers"]),
-            parameters=parts["parameters"],
+            preprocessing=Preprocessing.for_channels(found.input_shape[2], scale, offset),
+            files=tuple(found.files),
+            layers=tuple(found.layers),
+            parameters=found.parameters,
             framework=versions(),
-            origin=origin | parts["origin"],
+            origin=origin | found.origin,
         )
 
     return artifact.publish(models_dir, name, build)
 
 
-def _onnx(
-    source: Path, directory: Path, classes: int, scale: float, offset: float
-) -> dict[str, Any]:
+def _onnx(source: Path, directory: Path, classes: int, scale: float, offset: float) -> _Served:
     from training.onnx_import import write_onnx_served_form
 
-    imported = write_onnx_served_form(source, directory, classes, Preprocessing(scale, offset))
-    return {
-        "input_shape": imported.input_shape,
-        "files": imported.files,
-        "layers": imported.layers,
-        "parameters": imported.parameters,
-        "origin": {
-            "producer": imported.producer,
-            "opset": str(imported.opset),
-            "input_layout": imported.layout,
-            "output": "logits (convserve added the softmax)" if imported.softmax_added
-            else "probabilities",
-        },
-    }  # fmt: skip
+    found = write_onnx_served_form(source, directory, classes, Preprocessing(scale, offset))
+    origin = {
+        "producer": found.producer,
+        "opset": str(found.opset),
+        "input_layout": found.layout,
+        "output": LOGITS if found.softmax_added else "probabilities",
+    }
+    return _Served(found.input_shape, found.files, found.layers, found.parameters, origin)
 
 
-def _keras(
-    source: Path, directory: Path, classes: int, scale: float, offset: float
-) -> dict[str, Any]:
+def _keras(source: Path, directory: Path, classes: int, scale: float, offset: float) -> _Served:
     """A Keras model: its served form as for a trained model (ONNX graphs checked against
     Keras, Grad-CAM where the gradients export), plus model.keras for `convserve export-onnx`."""
     import keras
@@ -117,18 +120,13 @@ def _keras(
     preprocessing = Preprocessing.for_channels(shape[2], scale, offset)
     files = write_served_form(model, directory, preprocessing, random_pixels(shape))
     model.save(directory / KERAS_FILE)
-    return {
-        "input_shape": shape,
-        "files": [FileEntry.of(directory / KERAS_FILE), *files],
-        "layers": describe_layers(model),
-        "parameters": int(model.count_params()),
-        "origin": {
-            "producer": f"keras {_keras_version(source)}".strip(),
-            "input_layout": "NHWC",
-            "output": "logits (convserve added the softmax)" if softmax_added
-            else "probabilities",
-        },
-    }  # fmt: skip
+    origin = {
+        "producer": f"keras {_keras_version(source)}".strip(),
+        "input_layout": "NHWC",
+        "output": LOGITS if softmax_added else "probabilities",
+    }
+    files = [FileEntry.of(directory / KERAS_FILE), *files]
+    return _Served(shape, files, describe_layers(model), int(model.count_params()), origin)
 
 
 def _keras_input_shape(source: Path, model: Any) -> tuple[int, int, int]:
