@@ -38,7 +38,13 @@ __all__ = [
     "EXPLAIN_BATCH",
     "TOLERANCE",
     "ExportError",
+    "activated_output",
+    "activation_name",
+    "beyond_tolerance",
+    "classifier",
     "export_onnx",
+    "first_input",
+    "random_pixels",
     "versions",
     "write_served_form",
 ]
@@ -163,13 +169,22 @@ def check(file: str, function: Function, session: Any, feeds: dict[str, np.ndarr
     expected = {name: np.asarray(value) for name, value in function(**feeds).items()}
     names = [output.name for output in session.get_outputs()]
     for name, actual in zip(names, session.run(names, feeds), strict=True):
-        difference = float(np.abs(actual - expected[name]).max(initial=0))
-        magnitude = max(1.0, float(np.abs(expected[name]).max(initial=0)))
-        if not difference <= TOLERANCE * magnitude:
+        if (excess := beyond_tolerance(actual, expected[name])) is not None:
+            difference, allowed = excess
             raise ExportError(
                 f"{file}: output {name!r} differs from Keras by {difference:.3g} on "
-                f"{len(feeds['pixels'])} test images (allowed: {TOLERANCE * magnitude:.3g})"
+                f"{len(feeds['pixels'])} test images (allowed: {allowed:.3g})"
             )
+
+
+def beyond_tolerance(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float] | None:
+    """(difference, allowed) if `actual` differs from `expected` by more than TOLERANCE,
+    relative to the expected output's magnitude when that is above 1 (or has another shape);
+    None if it equals it."""
+    same_shape = actual.shape == expected.shape
+    difference = float(np.abs(actual - expected).max(initial=0)) if same_shape else np.inf
+    allowed = TOLERANCE * max(1.0, float(np.abs(expected).max(initial=0)))
+    return None if difference <= allowed else (difference, allowed)
 
 
 class _Prepared:

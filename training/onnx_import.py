@@ -5,7 +5,7 @@ The source graph is kept as it is and wrapped with onnx.helper: the preprocessin
 transpose, for a channels-first source) in front, a softmax behind when it ends in logits, so
 that it takes and gives what convserve's own graphs do (see convserve.artifact). Nothing is
 written until ONNX Runtime has run the wrapped graphs and the source on the same images and
-every output agrees (within training/export.py's TOLERANCE).
+every output agrees (within training/export.py's TOLERANCE, see `beyond_tolerance`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from convserve.artifact import (
     Layer,
     Preprocessing,
 )
-from training.export import QUIET, TOLERANCE, ExportError
+from training.export import QUIET, ExportError, beyond_tolerance
 from training.reference import output_size, same_padding
 
 __all__ = ["ACTIVATIONS", "ImportedOnnx", "write_onnx_served_form"]
@@ -439,15 +439,12 @@ def _check(
     if not names:  # ONNX Runtime would run every output
         return
     for name, actual in zip(names, _run(what, model, {"pixels": pixels}, names), strict=True):
-        want = expected[name]
-        same_shape = actual.shape == want.shape
-        difference = float(np.abs(actual - want).max(initial=0)) if same_shape else np.inf
-        magnitude = max(1.0, float(np.abs(want).max(initial=0)))
-        if not difference <= TOLERANCE * magnitude:
+        if (excess := beyond_tolerance(actual, expected[name])) is not None:
+            difference, allowed = excess
             raise ExportError(
                 f"{what}: output {name!r} {list(actual.shape)} differs from the source graph's "
-                f"{list(want.shape)} by {difference:.3g} on {len(pixels)} images (allowed: "
-                f"{TOLERANCE * magnitude:.3g})"
+                f"{list(expected[name].shape)} by {difference:.3g} on {len(pixels)} images "
+                f"(allowed: {allowed:.3g})"
             )
 
 

@@ -407,9 +407,9 @@ def test_what_cannot_be_served_is_refused_before_anything_is_written(
 def test_a_served_graph_that_differs_from_the_source_is_not_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training import onnx_import
+    from training import export
 
-    monkeypatch.setattr(onnx_import, "TOLERANCE", -1.0)  # no difference is small enough
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no difference is small enough
     source = tmp_path / "net.onnx"
     onnx.save(_rgb_model(), source)
     directory = tmp_path / "version"
