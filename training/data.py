@@ -40,12 +40,15 @@ class Folder:
     preprocessing: Preprocessing
     split: str  # how the test images were chosen, for the model card
 
-    def load(self, seed: int) -> tuple[Dataset, Dataset]:
+    def load(
+        self, seed: int, train_limit: int | None = None, test_limit: int | None = None
+    ) -> tuple[Dataset, Dataset]:
         """The training split (shuffled with `seed`: validation takes its tail) and the test
-        split, decoded as the server will decode requests."""
+        split, decoded as the server will decode requests; the first `train_limit` and
+        `test_limit` images of each, if given (only those are decoded)."""
         order = np.random.default_rng(seed).permutation(len(self.train_files))
-        train = [self.train_files[i] for i in order]
-        return self._decode(train), self._decode(list(self.test_files))
+        train = [self.train_files[i] for i in order][:train_limit]
+        return self._decode(train), self._decode(list(self.test_files[:test_limit]))
 
     def _decode(self, files: list[Labelled]) -> Dataset:
         images = np.empty((len(files), *self.shape), np.uint8)

@@ -155,13 +155,8 @@ def _load_splits(
             model=dataclasses.replace(config.model, input_shape=folder.shape),
         )
         infer_shapes(config.model, len(folder.class_names))  # fail before decoding
-        train_set, test_set = folder.load(config.seed)
-        return (
-            config,
-            _first(train_set, config.train_limit),
-            _first(test_set, config.test_limit),
-            folder,
-        )
+        train_set, test_set = folder.load(config.seed, config.train_limit, config.test_limit)
+        return config, train_set, test_set, folder
     classes = fashion_mnist.resolve_classes(config.classes)
     infer_shapes(config.model, len(classes))  # fail before loading
     load = functools.partial(fashion_mnist.load, data_dir=data_dir, classes=config.classes)
@@ -170,14 +165,6 @@ def _load_splits(
         load("train", limit=config.train_limit),
         load("test", limit=config.test_limit),
         None,
-    )
-
-
-def _first(dataset: fashion_mnist.Dataset, limit: int | None) -> fashion_mnist.Dataset:
-    if limit is None:
-        return dataset
-    return dataclasses.replace(
-        dataset, images=dataset.images[:limit], labels=dataset.labels[:limit]
     )
 
 

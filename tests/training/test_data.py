@@ -120,3 +120,12 @@ def test_a_conv_that_does_not_fit_the_folders_images_is_refused_before_decoding(
     )
     with pytest.raises(ConfigError, match=r"kernel 7 is larger than its 6x8 input"):
         fit(config, verbose=0)
+
+
+def test_limits_keep_the_first_images_of_each_split(tmp_path: Path) -> None:
+    scanned = data.scan(folder(tmp_path, {"a": 6, "b": 6}))
+    train_set, test_set = scanned.load(seed=3)
+    first_train, first_test = scanned.load(seed=3, train_limit=4, test_limit=1)
+    assert (first_train.images == train_set.images[:4]).all()
+    assert (first_train.labels == train_set.labels[:4]).all()
+    assert (first_test.images == test_set.images[:1]).all() and len(first_test) == 1
