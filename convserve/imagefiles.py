@@ -44,9 +44,9 @@ class ImageInfo:
     color: str  # "grayscale" or "rgb"
 
 
-def _open(data: bytes, max_pixels: int = 0) -> Image:
-    """The decoded image; its size is checked against `max_pixels` (0: Pillow's own limit)
-    from the header, before anything is decompressed."""
+def _open(data: bytes, max_pixels: int = 0, *, decoded: bool = True) -> Image:
+    """The image, decoded (or with its header read only); its size is checked against
+    `max_pixels` (0: Pillow's own limit) from the header, before anything is decompressed."""
     from PIL import Image
 
     if not data.startswith(_SIGNATURES):
@@ -59,6 +59,8 @@ def _open(data: bytes, max_pixels: int = 0) -> Image:
                     f"{image.width}x{image.height} is {pixels:,} pixels; at most {max_pixels:,} "
                     "are decoded per image"
                 )
+            if not decoded:
+                return image
             image.verify()  # PNG: every chunk's CRC, up to IEND (decoding stops earlier)
         image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
         image.load()
@@ -72,8 +74,8 @@ def _open(data: bytes, max_pixels: int = 0) -> Image:
 
 
 def inspect(data: bytes) -> ImageInfo:
-    """The file's size and colour; decodes all of it, so a truncated file raises here."""
-    image = _open(data)
+    """The file's size and colour, from its header: a truncated file passes, `decode` raises."""
+    image = _open(data, decoded=False)
     color = "grayscale" if image.mode in _GRAY_MODES else "rgb"
     return ImageInfo(image.width, image.height, color)
 

@@ -4,16 +4,18 @@ The layout Keras's `image_dataset_from_directory` reads: DIR/<class>/…/*.png|j
 subfolder per class, the folder names (sorted) the class names; or DIR/train/<class> and
 DIR/test/<class> for a split of the user's own. The images are decoded by
 convserve.imagefiles, the code the server decodes requests with, so a PNG sent to the server
-becomes the same pixels as in training. Every file is read before training starts: a bad one
-is an error naming it, not a crash in the middle of a fit.
+becomes the same pixels as in training. Every file is read (`scan`: its header; `load`: all of
+it, once) before training starts: a bad one is an error naming it, not a crash in the middle
+of a fit.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +27,7 @@ __all__ = ["EXTENSIONS", "Folder", "scan"]
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 Labelled = tuple[Path, int]  # an image file and its class index
+T = TypeVar("T")
 PIXEL_SCALE = 1.0 / 255.0
 
 
@@ -53,7 +56,7 @@ class Folder:
     def _decode(self, files: list[Labelled]) -> Dataset:
         images = np.empty((len(files), *self.shape), np.uint8)
         for index, (path, _) in enumerate(files):
-            images[index] = imagefiles.decode(path.read_bytes(), self.shape, self.preprocessing)
+            images[index] = _read(path, imagefiles.decode, self.shape, self.preprocessing)
         labels = np.array([label for _, label in files], np.int64)
         return Dataset(images, labels, self.class_names, self.root)
 
@@ -68,7 +71,7 @@ def scan(
     classes: Sequence[str] = (),
     seed: int = 0,
 ) -> Folder:
-    """Read every image's header (and check it decodes) and settle the input: `image_size`
+    """Read every image's header and settle the input: `image_size`
     (height, width; default: the images' size, which must then be the same for all), `color`
     (default: rgb if any image has colour, else grayscale). Without DIR/train and DIR/test,
     a seeded `test_split` of each class is the test set."""
@@ -83,7 +86,7 @@ def scan(
         names = _class_folders(root, classes)
         train, test = _hold_out(_files(root, names), root, names, test_split, seed)
         split = f"a seeded {test_split:.0%} of each class's images, never trained on"
-    infos = {path: _inspect(path) for path, _ in (*train, *test)}
+    infos = {path: _read(path, imagefiles.inspect) for path, _ in (*train, *test)}
     height, width = _size(infos, image_size, root)
     color = color or ("rgb" if any(i.color == "rgb" for i in infos.values()) else "grayscale")
     channels = {name: count for count, name in COLORS.items()}[color]
@@ -154,9 +157,10 @@ def _hold_out(
     return train, test
 
 
-def _inspect(path: Path) -> imagefiles.ImageInfo:
+def _read(path: Path, read: Callable[..., T], *args: Any) -> T:
+    """`read(the file's bytes, *args)`; a file that cannot be read is a DataError naming it."""
     try:
-        return imagefiles.inspect(path.read_bytes())
+        return read(path.read_bytes(), *args)
     except (OSError, imagefiles.ImageFileError) as exc:
         raise DataError(f"{path}: {exc}") from None
 
