@@ -97,4 +97,4 @@ bench: install
 	@ls -d $(MODELS_DIR)/$(MODEL)/[0-9]* >/dev/null 2>&1 || \
 		$(BIN)/convserve train --preset seed --name $(MODEL) --models-dir $(MODELS_DIR)
 	PATH=$(BIN):$$PATH $(BIN)/python bench/run.py --models-dir $(MODELS_DIR) --model $(MODEL) \
-		--profile bench/profile-c64.txt
+		--profile bench/profile.txt

@@ -103,10 +103,11 @@ def _model_loaded(metrics_port: int) -> bool:
         return "convserve_model_loaded{" in page.read().decode()
 
 
-def start_ceiling() -> tuple[subprocess.Popen[bytes], str]:
+def start_ceiling(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`bench/ceiling.py` (the no-op server, or with `--responses`) on loopback."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "ceiling.py"), "--port", str(port)],
+        [sys.executable, str(ROOT / "bench" / "ceiling.py"), "--port", str(port), *flags],
         stdout=subprocess.PIPE,
     )
     assert process.stdout is not None

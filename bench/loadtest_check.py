@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common import start_ceiling, start_convserve, stop
-from run import Case, h2load, request_file
+from run import Case, h2load, request_body
 
 
 def loadtest(target: str, seconds: float, *args: str) -> dict[str, Any]:
@@ -49,11 +49,10 @@ def main() -> None:
         for images in (1, 64):
             references, runs = [], []
             with tempfile.TemporaryDirectory() as tmp:
-                case = Case("c1", "uint8", images, 1, 1)
-                body = request_file(case, Path(tmp))
+                case = Case("Predict", images, 1, 1, 3000)
+                body = request_body(case, Path(tmp))
                 for _ in range(args.rounds):
-                    log = Path(tmp) / "log"
-                    references.append(h2load(target, case, body, args.seconds, log))
+                    references.append(h2load(target, case, body, case.requests))
                     runs.append(loadtest(target, args.seconds, "--concurrency", "1",
                                          "--batch", str(images)))  # fmt: skip
             reference = min(references, key=lambda result: result.mean_ms)

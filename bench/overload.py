@@ -1,7 +1,8 @@
 """Overload: offer `--factor` × the sustainable request rate and report how the server
 degrades: answers by status code, latency, memory.
 
-Sustainable = what h2load gets through with 64 requests in flight (closed loop, this run).
+Sustainable = what h2load gets through with 64 requests in flight (closed loop, this run,
+logged for its p99).
 Then h2load sends at a fixed rate, factor × that, whatever the answers (`--rps` per client,
 up to 256 requests in flight per client), each request with a `--timeout` deadline
 (grpc-timeout). Status codes come from the server's own counters (calls gRPC refused before
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from common import rss_mb, start_convserve
-from run import PATH, Case, h2load, request_file
+from run import PATHS, Case, h2load, request_body
 
 CLIENTS = 8
 
@@ -62,10 +63,10 @@ def main() -> None:
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            case = Case("sustainable", "uint8", args.images, 4, 16)
-            body = request_file(case, Path(tmp))
+            case = Case("Predict", args.images, 4, 16, 3000 if args.images > 1 else 30000)
+            body = request_body(case, Path(tmp))
             start = _codes(metrics_port)
-            sustainable = h2load(target, case, body, args.seconds, Path(tmp) / "log")
+            sustainable = h2load(target, case, body, case.requests, Path(tmp) / "log")
             rss_before, before = rss_mb(process.pid), _codes(metrics_port)
             closed = before - start  # h2load counts a refusal as an answer: the server does not
             ok_rate = sustainable.requests_per_s * closed["OK"] / max(closed.total(), 1)
@@ -78,7 +79,7 @@ def main() -> None:
                 f"--rps={rate / CLIENTS:.2f}", "--max-concurrent-streams=256", f"--data={body}",
                 f"--log-file={log}", "--header=content-type: application/grpc",
                 "--header=te: trailers", f"--header=grpc-timeout: {int(args.timeout * 1000)}m",
-                f"http://{target}{PATH}",
+                f"http://{target}{PATHS['Predict']}",
             ]  # fmt: skip
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             stop.set()

@@ -1,57 +1,78 @@
-"""`make bench`: convserve against the no-op gRPC ceiling, same run, same load (h2load).
+"""`make bench`: convserve's per-call cost against the no-op gRPC server, same run, same load.
 
-    .venv/bin/python bench/run.py [--models-dir models] [--seconds 10] [--rounds 2]
+    .venv/bin/python bench/run.py [--models-dir models] [--rounds 3] [--only TEXT]
                                   [--profile out.txt] [-- extra convserve serve flags]
 
-Each case runs `rounds` times against each server, alternating, and keeps each server's
-fastest run. For each case it prints req/s, images/s, mean/p50/p99 latency, the ratio to
-the ceiling and errors (h2load failures plus non-OK gRPC codes counted by the server, over
-all rounds), then the server's RSS and its time from process start to SERVING. Numbers,
-not a test.
+h2load replays the bytes the client sends for each case against three servers started
+together: the no-op server (`ceiling.py`: the request is not decoded, the answer is empty),
+`ceiling.py --responses` (fixed answers of convserve's size, for Predict and ModelInfer) and
+`convserve serve` with the given flags (none: the defaults). Rounds alternate between the
+servers, each measured run preceded by a settling run, and each figure is the median over
+the rounds. Latency is h2load's own summary (its mean): a per-request log costs the load
+generator time on every request and squeezes every ratio toward 1, so p50/p99 come from one
+extra logged run per server, never from a measured one.
+
+For each case it prints req/s, images/s, mean latency, p50/p99 (logged run), the ratio to
+the no-op server (mean latency at one call in flight, req/s otherwise) and errors (h2load
+failures, non-2xx and, for convserve, non-OK gRPC codes from its metrics), then convserve's
+RSS and its time from process start to SERVING. Numbers, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from common import grpc_frame, process_rss_mb, rss_mb, start_ceiling, start_convserve, stop
+from google.protobuf.message import Message
 
-from client.client import predict_request
+from client.client import feature_map_request, predict_request
+from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
 from convserve.fashion_mnist import load
 
-PATH = "/convserve.v1.ConvServe/Predict"
+PATHS = {
+    "Predict": "/convserve.v1.ConvServe/Predict",
+    "ModelInfer": "/inference.GRPCInferenceService/ModelInfer",
+    "FeatureMap": "/convserve.v1.ConvServe/FeatureMap",
+}
+ONE = (1, 1, 3000)  # clients, streams per client, requests: one call in flight
+SIXTY_FOUR = (4, 16, 30000)  # 64 in flight
 
 
 @dataclass(frozen=True)
 class Case:
-    name: str
-    dtype: str
+    method: str
     images: int
     clients: int
-    streams: int  # per client: concurrency = clients × streams
+    streams: int  # per client: calls in flight = clients × streams
+    requests: int
 
     @property
-    def concurrency(self) -> int:
-        return self.clients * self.streams
+    def name(self) -> str:
+        return f"{self.method} {self.images} img c{self.clients * self.streams}"
 
 
 CASES = (
-    Case("1 img uint8  c1", "uint8", 1, 1, 1),
-    Case("1 img f32    c1", "float32", 1, 1, 1),
-    Case("1 img uint8  c64", "uint8", 1, 4, 16),
-    Case("1 img f32    c64", "float32", 1, 4, 16),
-    Case("64 img uint8 c8", "uint8", 64, 2, 4),
-    Case("64 img uint8 c64", "uint8", 64, 4, 16),
+    Case("Predict", 1, *ONE),
+    Case("Predict", 1, *SIXTY_FOUR),
+    Case("ModelInfer", 1, *ONE),
+    Case("ModelInfer", 1, *SIXTY_FOUR),
+    Case("FeatureMap", 1, *ONE),
+    Case("FeatureMap", 1, 4, 16, 10000),
+    Case("Predict", 64, 2, 4, 3000),
+    Case("Predict", 64, 4, 16, 3000),
 )
 
 
@@ -59,155 +80,214 @@ CASES = (
 class Result:
     requests_per_s: float
     mean_ms: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    errors: int = 0
 
 
-def request_file(case: Case, directory: Path) -> Path:
-    images = load("test", limit=case.images).images.astype(case.dtype)
-    path = directory / f"{case.dtype}-{case.images}.bin"
-    path.write_bytes(grpc_frame(predict_request(images, None, None, 3).SerializeToString()))
+def request_body(case: Case, directory: Path) -> Path:
+    """The gRPC frame the client sends for `case`: uint8 Fashion-MNIST test images."""
+    images = load("test", limit=case.images).images
+    message: Message
+    if case.method == "Predict":
+        message = predict_request(images, None, None, 3)
+    elif case.method == "FeatureMap":
+        message = feature_map_request(images, None, False, None, None)
+    else:
+        message = infer = v2.ModelInferRequest(raw_input_contents=[images.tobytes()])
+        infer.inputs.add(name="images", datatype="UINT8", shape=images.shape)
+    path = directory / f"{case.method}-{case.images}.bin"
+    path.write_bytes(grpc_frame(message.SerializeToString()))
     return path
 
 
-def h2load(target: str, case: Case, body: Path, seconds: float, log: Path) -> Result:
-    log.unlink(missing_ok=True)  # h2load appends to its log file
+def _milliseconds(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def h2load(target: str, case: Case, body: Path, requests: int, log: Path | None = None) -> Result:
+    """One h2load run of `requests` calls; with `log`, p50/p99 from its per-request log."""
     command = [
-        "h2load", f"--duration={seconds:g}", "--warm-up-time=2", f"--clients={case.clients}",
-        f"--max-concurrent-streams={case.streams}", f"--data={body}", f"--log-file={log}",
+        "h2load", f"--requests={requests}", f"--clients={case.clients}",
+        f"--max-concurrent-streams={case.streams}", f"--data={body}",
         "--header=content-type: application/grpc", "--header=te: trailers",
-        f"http://{target}{PATH}",
+        f"http://{target}{PATHS[case.method]}",
     ]  # fmt: skip
+    if log is not None:
+        log.unlink(missing_ok=True)  # h2load appends to its log file
+        command.append(f"--log-file={log}")
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    rate = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output).group(1))  # type: ignore[union-attr]
+    rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", output)
     counts = re.search(r"requests: .* (\d+) failed, (\d+) errored, (\d+) timeout", output)
-    assert counts is not None, output
-    micros = np.loadtxt(log, usecols=2, ndmin=1) if log.stat().st_size else np.array([np.nan])
-    statuses = np.loadtxt(log, usecols=1, ndmin=1) if log.stat().st_size else np.array([])
-    errors = sum(int(n) for n in counts.groups()) + int((statuses != 200).sum())
-    ms = micros / 1000
-    return Result(
-        rate, float(ms.mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), errors
+    codes = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", output)
+    assert rate and counts and codes and mean, output
+    result = Result(
+        float(rate.group(1)),
+        _milliseconds(mean.group(1)),
+        errors=sum(int(n) for n in (*counts.groups(), *codes.groups())),
     )
+    if log is not None and log.stat().st_size:
+        ms = np.loadtxt(log, usecols=2, ndmin=1) / 1000
+        result.p50_ms, result.p99_ms = (float(p) for p in np.percentile(ms, [50, 99]))
+    return result
 
 
-def best(results: list[Result]) -> Result:
-    """The fastest round (noise on a shared machine only ever slows a run down), with the
-    errors of every round."""
-    fastest = max(results, key=lambda result: result.requests_per_s)
-    return Result(**{**vars(fastest), "errors": sum(result.errors for result in results)})
-
-
-def grpc_errors(metrics_ports: list[int]) -> int:
-    """Predict calls the server answered with a non-OK gRPC status, so far.
-
-    CANCELLED is not counted: h2load cancels the streams still in flight when its time is up.
-    """
-    text = ""
+def grpc_errors(metrics_ports: list[int], method: str) -> int:
+    """`method` calls convserve answered with a non-OK gRPC status, so far (h2load sees
+    HTTP 200 for those). CANCELLED is not counted: h2load resets streams when it stops."""
+    total = 0.0
     for port in metrics_ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-            text += page.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if (
-            line.startswith("convserve_requests_total{")
-            and 'method="Predict"' in line
-            and not re.search('code="(OK|CANCELLED)"', line)
-        ):
-            total += float(line.rsplit(" ", 1)[1])
+            for line in page.read().decode().splitlines():
+                if (
+                    line.startswith("convserve_requests_total{")
+                    and f'method="{method}"' in line
+                    and not re.search('code="(OK|CANCELLED)"', line)
+                ):
+                    total += float(line.rsplit(" ", 1)[1])
     return int(total)
 
 
-def profile(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy: a flame graph if `output` ends in .svg, else collapsed stacks for `top_frames`."""
-    kind = "flamegraph" if output.suffix == ".svg" else "raw"
+def median(results: list[Result], logged: Result) -> Result:
+    """Each figure's median over the measured rounds; p50/p99 from the logged run; all errors."""
+    return Result(
+        statistics.median(r.requests_per_s for r in results),
+        statistics.median(r.mean_ms for r in results),
+        logged.p50_ms,
+        logged.p99_ms,
+        sum(r.errors for r in [*results, logged]),
+    )
+
+
+def profile(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy on the server and its workers until stopped: collapsed stacks for `top_frames`."""
     return subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--duration", str(int(seconds)),
-         "--rate", "200", "--format", kind, "--output", str(output), "--nonblocking"],
+        ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--rate", "500",
+         "--format", "raw", "--output", str(output), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
 
-def top_frames(raw: Path, count: int = 15) -> list[tuple[str, float]]:
-    """Leaf frames by share of samples (self time)."""
-    totals: collections.Counter[str] = collections.Counter()
+Frames = list[tuple[str, float]]
+
+
+def top_frames(raw: Path, count: int = 12) -> tuple[Frames, Frames]:
+    """(leaf frames by share of samples: self time, frames by share of stacks they are in)."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        totals[stack.split(";")[-1]] += int(samples)
-    overall = sum(totals.values()) or 1
-    return [(frame, n / overall) for frame, n in totals.most_common(count)]
+        frames = [frame.split(" (")[0] for frame in stack.split(";")[2:]]  # not process, thread
+        own[frames[-1] if frames else "(idle)"] += int(samples)
+        for frame in set(frames):
+            inclusive[frame] += int(samples)
+    overall = sum(own.values()) or 1
+    own_top, inclusive_top = (
+        [(frame, n / overall) for frame, n in counter.most_common(count)]
+        for counter in (own, inclusive)
+    )
+    return own_top, inclusive_top
+
+
+def measure(
+    case: Case, servers: dict[str, str], body: Path, rounds: int, log: Path,
+    convserve_errors: Callable[[], int],
+) -> dict[str, Result]:  # fmt: skip
+    """Each server's figures for `case`: `rounds` measured runs, alternating between the
+    servers (so drift hits them alike), each after a settling run; then one logged run."""
+    runs: dict[str, list[Result]] = {name: [] for name in servers}
+    for _ in range(rounds):
+        for name, address in servers.items():
+            errors = convserve_errors if name == "convserve" else lambda: 0
+            h2load(address, case, body, case.requests // 5)  # settling run
+            before = errors()
+            runs[name].append(h2load(address, case, body, case.requests))
+            runs[name][-1].errors += errors() - before
+    return {
+        name: median(runs[name], h2load(address, case, body, case.requests, log))
+        for name, address in servers.items()
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--model", default="fashion")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="runs per case and server, alternating; best kept"
-    )
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        help="py-spy the server under the c64 uint8 load: PATH.svg (flame graph) or PATH.txt",
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs per case and server")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy convserve in an extra run of the first case: PATH.txt"
+    )
     parser.add_argument("server_args", nargs="*", help="extra `convserve serve` flags, after --")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        sys.exit("h2load not found: apt-get install -y nghttp2-client (make bench does)")
+    for tool in ("h2load", *(["py-spy"] if args.profile else [])):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: make bench installs it")
 
-    ceiling, ceiling_target = start_ceiling()
+    noop, noop_target = start_ceiling()
+    fixed, fixed_target = start_ceiling("--responses")
     server, target, metrics_ports, to_serving = start_convserve(
         args.models_dir, args.model, *args.server_args, metrics=True
     )
+    cases = [case for case in CASES if args.only in case.name]
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            directory = Path(tmp)
-            log = directory / "h2load.log"
-            for case in [case for case in CASES if args.only in case.name]:
-                body = request_file(case, directory)
-                ceiling_runs, convserve_runs = [], []
-                for round_ in range(args.rounds):  # alternating, so drift hits both alike
-                    ceiling_runs.append(h2load(ceiling_target, case, body, args.seconds, log))
-                    before = grpc_errors(metrics_ports)
-                    spy = None
-                    if args.profile and case.name == "1 img uint8  c64" and round_ == 0:
-                        spy = profile(server.pid, args.seconds + 2, args.profile)
-                    convserve_runs.append(h2load(target, case, body, args.seconds, log))
-                    convserve_runs[-1].errors += grpc_errors(metrics_ports) - before
-                    if spy is not None:
-                        spy.wait()
-                rows.append((case, best(ceiling_runs), best(convserve_runs)))
+            log = Path(tmp) / "h2load.log"
+            for case in cases:
+                body = request_body(case, Path(tmp))
+                servers = {"no-op": noop_target, "convserve": target}
+                if case.method in ("Predict", "ModelInfer"):
+                    servers["responses"] = fixed_target
+                errors = functools.partial(grpc_errors, metrics_ports, case.method)
+                rows.append((case, measure(case, servers, body, args.rounds, log, errors)))
+            if args.profile and cases:
+                spy = profile(server.pid, args.profile)
+                h2load(target, cases[0], request_body(cases[0], Path(tmp)), cases[0].requests * 2)
+                spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
+                spy.wait()
         rss = rss_mb(server.pid)
         processes = process_rss_mb(server.pid)
     finally:
-        stop(server)
-        stop(ceiling)
+        for process in (server, noop, fixed):
+            stop(process)
 
-    print(f"\n{'case':18s} {'server':9s} {'req/s':>9s} {'img/s':>9s} {'mean ms':>8s} "
+    print(f"\n{'case':22s} {'server':9s} {'req/s':>7s} {'img/s':>7s} {'mean ms':>7s} "
           f"{'p50 ms':>7s} {'p99 ms':>7s} {'ratio':>6s} {'errors':>6s}")  # fmt: skip
-    for case, base, ours in rows:
-        for label, result in (("ceiling", base), ("convserve", ours)):
-            if case.concurrency == 1:  # latency-bound: the ratio of mean latencies
+    for case, results in rows:
+        base = results["no-op"]
+        for name in ("no-op", "responses", "convserve"):
+            if name not in results:
+                continue
+            result = results[name]
+            if case.clients * case.streams == 1:  # latency-bound: the ratio of mean latencies
                 ratio = result.mean_ms / base.mean_ms
             else:  # throughput-bound: the ratio of request rates
                 ratio = result.requests_per_s / base.requests_per_s
             print(
-                f"{case.name:18s} {label:9s} {result.requests_per_s:9.0f} "
-                f"{result.requests_per_s * case.images:9.0f} {result.mean_ms:8.3f} "
+                f"{case.name:22s} {name:9s} {result.requests_per_s:7.0f} "
+                f"{result.requests_per_s * case.images:7.0f} {result.mean_ms:7.3f} "
                 f"{result.p50_ms:7.3f} {result.p99_ms:7.3f} {ratio:6.2f} {result.errors:6d}"
             )
-    print("ratio: mean latency ÷ ceiling's at c1, req/s ÷ ceiling's otherwise")
     print(
-        f"convserve: start to SERVING {to_serving:.2f} s, RSS after the run {rss:.0f} MB "
+        f"ratio: ÷ the no-op server's mean latency at c1, its req/s otherwise; median of "
+        f"{args.rounds} rounds; p50/p99 from a logged run"
+    )
+    print(
+        f"convserve {' '.join(args.server_args) or '(defaults)'}: start to SERVING "
+        f"{to_serving:.2f} s, RSS after the run {rss:.0f} MB "
         f"({', '.join(f'{mb:.0f}' for mb in processes)} MB per process)"
     )
-    if args.profile and args.profile.suffix != ".svg":
-        print(f"\nprofile of the c64 uint8 case ({args.profile}), self time:")
-        for frame, share in top_frames(args.profile):
+    if args.profile and cases:
+        own, inclusive = top_frames(args.profile)
+        print(f"\npy-spy, convserve under {cases[0].name} ({args.profile}):")
+        print("self time:")
+        for frame, share in own:
+            print(f"{share:6.1%}  {frame}")
+        print("inclusive:")
+        for frame, share in inclusive:
             print(f"{share:6.1%}  {frame}")
 
 
