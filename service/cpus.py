@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path, PurePosixPath
 
-__all__ = ["available_cpus"]
+__all__ = ["available_cpus", "worker_cpus"]
 
 
 def available_cpus(
@@ -26,6 +26,14 @@ def available_cpus(
     if quota is not None:
         cpus = min(cpus, math.ceil(quota))  # 1.5 CPUs of time: more than 1 process uses
     return max(1, cpus)  # never 0 workers, whatever a file says
+
+
+def worker_cpus(workers: int) -> list[int] | None:
+    """The CPU each of `workers` worker processes is pinned to: one each, when the process
+    may use exactly that many CPUs (its affinity: its own machine or cpuset). None otherwise
+    (more or fewer workers, or a CPU quota shared over more CPUs): the workers float."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return cpus if len(cpus) == workers > 1 and available_cpus() == workers else None
 
 
 def _own_cgroups(proc_self_cgroup: Path) -> dict[str, str]:

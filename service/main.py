@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -146,6 +147,7 @@ def supervise(settings: Any) -> int:
 
     from pydantic import SecretStr
 
+    from service.cpus import worker_cpus
     from service.settings import WORKER_ENV
 
     log = logging.getLogger(__name__)
@@ -159,12 +161,17 @@ def supervise(settings: Any) -> int:
         for name, value in settings.model_dump().items()
         if value is not None
     }
+    cpus = worker_cpus(settings.workers) if settings.cpu_affinity else None
     children = []
     for index in range(settings.workers):
         env = {**os.environ, **base, "CONVSERVE_WORKERS": "1", WORKER_ENV: "1"}
         if settings.metrics_port > 0:
             env["CONVSERVE_METRICS_PORT"] = str(settings.metrics_port + index)
-        children.append(subprocess.Popen([sys.executable, "-m", "service"], env=env))
+        # Set in the child before Python starts, so every thread it makes inherits it.
+        pin = functools.partial(os.sched_setaffinity, 0, {cpus[index]}) if cpus else None
+        children.append(
+            subprocess.Popen([sys.executable, "-m", "service"], env=env, preexec_fn=pin)
+        )
     stopping = False
 
     def forward(signum: int, frame: object) -> None:
@@ -176,7 +183,12 @@ def supervise(settings: Any) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
-    log.info("started %d workers: pids %s", len(children), [c.pid for c in children])
+    log.info(
+        "started %d workers: pids %s%s",
+        len(children),
+        [c.pid for c in children],
+        f", pinned to CPUs {cpus}" if cpus else "",
+    )
     codes: list[int] = []
     while len(codes) < len(children):
         pid, status = os.wait()

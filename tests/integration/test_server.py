@@ -171,6 +171,27 @@ def test_no_server_process_loads_tensorflow(serve_process) -> None:
         assert "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
 
 
+def test_each_worker_runs_on_its_own_cpu(serve_process) -> None:
+    """One worker per CPU: worker i and all its threads are pinned to the i-th CPU (a call's
+    hand-offs between gRPC's threads stay on one core); otherwise they float."""
+    from service.cpus import worker_cpus
+
+    process, _ = serve_process
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    cpus = worker_cpus(len(children))
+    workers = []  # each worker's CPUs, the same for every one of its threads
+    for pid in children:
+        threads = Path(f"/proc/{pid}/task").iterdir()
+        (affinity,) = {tuple(sorted(os.sched_getaffinity(int(t.name)))) for t in threads}
+        workers.append(affinity)
+    if cpus:
+        assert sorted(workers) == [(cpu,) for cpu in cpus]
+    else:
+        assert workers == [tuple(sorted(os.sched_getaffinity(0)))] * len(children)
+    if len(os.sched_getaffinity(0)) == len(children) > 1:  # e.g. the 2-CPU CI machine
+        assert cpus is not None
+
+
 def test_access_log_and_sigterm(serve_process) -> None:
     from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
     from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
