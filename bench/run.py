@@ -171,18 +171,21 @@ def profile(pid: int, output: Path) -> subprocess.Popen[bytes]:
 
 
 Frames = list[tuple[str, float]]
+# Frames of a request's own work, for the profile's inclusive times.
+OURS = re.compile(r"\((service/(?!main|__main__)|convserve/)|onnxruntime")
 
 
 def top_frames(raw: Path, count: int = 12) -> tuple[Frames, Frames]:
-    """(leaf frames by share of samples: self time, frames by share of stacks they are in)."""
+    """(leaf frames by share of samples: self time; convserve's and ONNX Runtime's frames by
+    share of the samples they are in: inclusive time)."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        frames = [frame.split(" (")[0] for frame in stack.split(";")[2:]]  # not process, thread
-        own[frames[-1] if frames else "(idle)"] += int(samples)
-        for frame in set(frames):
-            inclusive[frame] += int(samples)
+        frames = stack.split(";")[2:]  # not the process and thread
+        own[frames[-1].split(" (")[0] if frames else "(idle)"] += int(samples)
+        for frame in {frame for frame in frames if OURS.search(frame)}:
+            inclusive[frame.split(" (")[0]] += int(samples)
     overall = sum(own.values()) or 1
     own_top, inclusive_top = (
         [(frame, n / overall) for frame, n in counter.most_common(count)]
@@ -286,7 +289,7 @@ def main() -> None:
         print("self time:")
         for frame, share in own:
             print(f"{share:6.1%}  {frame}")
-        print("inclusive:")
+        print("inclusive (convserve's and ONNX Runtime's frames):")
         for frame, share in inclusive:
             print(f"{share:6.1%}  {frame}")
 

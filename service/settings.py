@@ -101,7 +101,8 @@ class Settings(BaseSettings):
     cpu_affinity: bool = Field(
         True,
         description="with one worker per CPU of the process's affinity, pin worker i (all its "
-        "threads) to the i-th CPU: a call's hand-offs between gRPC's threads stay on one core "
+        "threads) to the i-th CPU, a call's hand-offs between threads staying on one core; "
+        "on one CPU, gRPC's threads run at the lowest priority, when the event loop waits "
         "(measured: see the README's Performance)",
     )
     drain_seconds: float = Field(

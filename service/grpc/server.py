@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from service.cpus import lower_grpc_threads
 from service.grpc import inference, servicer
 from service.grpc.auth import TokenAuth
 from service.grpc.boundary import Boundary
@@ -117,6 +118,8 @@ class Server:
         self._start_metrics()  # first: if its port is taken, nothing is left running
         await server.start()
         self._grpc = server
+        if self.settings.cpu_affinity and len(os.sched_getaffinity(0)) == 1:
+            lower_grpc_threads()  # measured: see the README's Performance
 
         await self.change_repository(self.repository.load_all)
         if self.settings.poll_seconds > 0:

@@ -173,8 +173,9 @@ def test_no_server_process_loads_tensorflow(serve_process) -> None:
 
 def test_each_worker_runs_on_its_own_cpu(serve_process) -> None:
     """One worker per CPU: worker i and all its threads are pinned to the i-th CPU (a call's
-    hand-offs between gRPC's threads stay on one core); otherwise they float."""
-    from service.cpus import worker_cpus
+    hand-offs between gRPC's threads stay on one core), where gRPC's threads yield to the
+    event loop's; otherwise they float."""
+    from service.cpus import GRPC_THREADS_NICE, worker_cpus
 
     process, _ = serve_process
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
@@ -186,6 +187,13 @@ def test_each_worker_runs_on_its_own_cpu(serve_process) -> None:
         workers.append(affinity)
     if cpus:
         assert sorted(workers) == [(cpu,) for cpu in cpus]
+        for pid in children:
+            nice = {
+                (task / "comm").read_text().strip(): int((task / "stat").read_text().split()[18])
+                for task in Path(f"/proc/{pid}/task").iterdir()
+                if task.name == pid or (task / "comm").read_text().strip() == "event_engine"
+            }
+            assert nice == {"python": 0, "event_engine": GRPC_THREADS_NICE}, nice
     else:
         assert workers == [tuple(sorted(os.sched_getaffinity(0)))] * len(children)
     if len(os.sched_getaffinity(0)) == len(children) > 1:  # e.g. the 2-CPU CI machine
