@@ -86,7 +86,10 @@ class Settings(BaseSettings):
         "64 served 64-image requests as fast as 256 with 60 MB less per worker (measured)",
     )
     inline_max_images: int = Field(
-        32, ge=0, description="batches up to this size run on the event loop, not a thread"
+        32,
+        ge=0,
+        description="Predict batches and feature maps of up to this many images run on the "
+        "event loop, not a thread",
     )
     max_batch_delay_ms: float = Field(
         0.0, ge=0, description="how long a partial batch may wait for more requests (0: never)"

@@ -42,8 +42,9 @@ class _Served:
 
 
 class Engine:
-    """Computation runs in `executor`'s threads; small Predict batches run inline on the
-    event loop (see `service.batching`)."""
+    """Computation runs in `executor`'s threads; small Predict batches and feature maps of
+    as few images (`inline_max_images`) run inline on the event loop (see
+    `service.batching`)."""
 
     def __init__(self, repository: Repository, executor: Executor, settings: Settings) -> None:
         self.repository = repository
@@ -87,6 +88,8 @@ class Engine:
             pixels,
             math.prod(shape) * (1 + pre_activation),
         )
+        if len(pixels) <= self.settings.inline_max_images:  # as Predict's small batches:
+            return model.feature_map(pixels, layer, pre_activation=pre_activation)  # no hop
         return await self._run(
             lambda: model.feature_map(pixels, layer, pre_activation=pre_activation)
         )
