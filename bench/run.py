@@ -7,12 +7,12 @@ h2load replays the bytes the client sends for each case against three servers st
 together: the no-op server (`ceiling.py`: the request is not decoded, the answer is empty),
 `ceiling.py --responses` (fixed answers of convserve's size, for Predict and ModelInfer) and
 `convserve serve` with the given flags (none: the defaults). Rounds alternate between the
-servers, each measured run preceded by a settling run, and each figure is the median over
-the rounds. Latency is h2load's own summary (its mean): a per-request log costs the load
-generator time on every request and squeezes every ratio toward 1, so p50/p99 come from one
-extra logged run per server, never from a measured one.
+servers, each measured run preceded by a settling run of a fifth of its requests, and each
+figure is the median over the rounds. Latency is h2load's own summary (its mean): a
+per-request log costs the load generator time on every request and squeezes every ratio
+toward 1, so p50/p99 come from the settling runs, which are logged, never from a measured one.
 
-For each case it prints req/s, images/s, mean latency, p50/p99 (logged run), the ratio to
+For each case it prints req/s, images/s, mean latency, p50/p99 (logged settling runs), the ratio to
 the no-op server (mean latency at one call in flight, req/s otherwise) and errors (h2load
 failures, non-2xx and, for convserve, non-OK gRPC codes from its metrics), then convserve's
 RSS and its time from process start to SERVING. Numbers, not a test.
@@ -150,14 +150,15 @@ def grpc_errors(metrics_ports: list[int], method: str) -> int:
     return int(total)
 
 
-def median(results: list[Result], logged: Result) -> Result:
-    """Each figure's median over the measured rounds; p50/p99 from the logged run; all errors."""
+def median(results: list[Result], logged: list[Result]) -> Result:
+    """Each figure's median over the rounds: req/s and mean from the measured runs, p50/p99
+    from the logged settling runs; the errors of all."""
     return Result(
         statistics.median(r.requests_per_s for r in results),
         statistics.median(r.mean_ms for r in results),
-        logged.p50_ms,
-        logged.p99_ms,
-        sum(r.errors for r in [*results, logged]),
+        statistics.median(r.p50_ms for r in logged),
+        statistics.median(r.p99_ms for r in logged),
+        sum(r.errors for r in [*results, *logged]),
     )
 
 
@@ -198,20 +199,18 @@ def measure(
     case: Case, servers: dict[str, str], body: Path, rounds: int, log: Path,
     convserve_errors: Callable[[], int],
 ) -> dict[str, Result]:  # fmt: skip
-    """Each server's figures for `case`: `rounds` measured runs, alternating between the
-    servers (so drift hits them alike), each after a settling run; then one logged run."""
+    """Each server's figures for `case` over `rounds` rounds, alternating between the servers
+    (so drift hits them alike): a settling run, logged for p50/p99, then the measured run."""
     runs: dict[str, list[Result]] = {name: [] for name in servers}
+    logged: dict[str, list[Result]] = {name: [] for name in servers}
     for _ in range(rounds):
         for name, address in servers.items():
             errors = convserve_errors if name == "convserve" else lambda: 0
-            h2load(address, case, body, case.requests // 5)  # settling run
             before = errors()
+            logged[name].append(h2load(address, case, body, case.requests // 5, log))
             runs[name].append(h2load(address, case, body, case.requests))
             runs[name][-1].errors += errors() - before
-    return {
-        name: median(runs[name], h2load(address, case, body, case.requests, log))
-        for name, address in servers.items()
-    }
+    return {name: median(runs[name], logged[name]) for name in servers}
 
 
 def main() -> None:
@@ -276,7 +275,7 @@ def main() -> None:
             )
     print(
         f"ratio: ÷ the no-op server's mean latency at c1, its req/s otherwise; median of "
-        f"{args.rounds} rounds; p50/p99 from a logged run"
+        f"{args.rounds} rounds; p50/p99 from the logged settling runs"
     )
     print(
         f"convserve {' '.join(args.server_args) or '(defaults)'}: start to SERVING "
