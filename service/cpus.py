@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
 from pathlib import Path, PurePosixPath
 
-__all__ = ["available_cpus", "lower_grpc_threads", "worker_cpus"]
+__all__ = ["available_cpus", "lower_grpc_threads", "on_one_cpu", "unpin", "worker_cpus"]
+
+# Set by `convserve serve` for the workers it pins: the CPUs the server may use.
+SERVER_CPUS_ENV = "CONVSERVE_SERVER_CPUS"
 
 # The lowest priority (nice): gRPC's threads on a worker pinned to one CPU.
 GRPC_THREADS_NICE = 19
@@ -40,20 +44,31 @@ def worker_cpus(workers: int) -> list[int] | None:
     return cpus if len(cpus) == workers > 1 and available_cpus() == workers else None
 
 
-def lower_grpc_threads() -> list[int]:
+def unpin() -> None:
+    """Let the calling thread of a pinned worker run on any CPU the server may use."""
+    cpus = os.environ.get(SERVER_CPUS_ENV)
+    if cpus:
+        os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
+
+
+def on_one_cpu() -> bool:
+    """Whether this process may run on one CPU only (pinned, or a one-CPU cpuset)."""
+    return hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) == 1
+
+
+def lower_grpc_threads() -> None:
     """Give gRPC's own threads (its completion-queue poller and C++ event-engine threads)
-    the lowest priority; returns their thread ids.
+    the lowest priority.
 
     For a worker pinned to one CPU: its event loop is then not preempted each time one of
     them has an event; they run while the loop waits, and their events reach it together.
     Every thread but convserve's (the main thread, the metrics server, executors) is gRPC's.
     """
     ours = {t.native_id for t in threading.enumerate() if not t.name.endswith("(_poll_wrapper)")}
-    lowered = [int(task.name) for task in Path("/proc/self/task").iterdir()]
-    lowered = [tid for tid in lowered if tid not in ours]
-    for tid in lowered:
-        os.setpriority(os.PRIO_PROCESS, tid, GRPC_THREADS_NICE)
-    return lowered
+    for task in Path("/proc/self/task").iterdir():
+        if int(task.name) not in ours:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.setpriority(os.PRIO_PROCESS, int(task.name), GRPC_THREADS_NICE)
 
 
 def _own_cgroups(proc_self_cgroup: Path) -> dict[str, str]:

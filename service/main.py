@@ -147,7 +147,7 @@ def supervise(settings: Any) -> int:
 
     from pydantic import SecretStr
 
-    from service.cpus import worker_cpus
+    from service.cpus import SERVER_CPUS_ENV, worker_cpus
     from service.settings import WORKER_ENV
 
     log = logging.getLogger(__name__)
@@ -169,6 +169,8 @@ def supervise(settings: Any) -> int:
             env["CONVSERVE_METRICS_PORT"] = str(settings.metrics_port + index)
         # Set in the child before Python starts, so every thread it makes inherits it.
         pin = functools.partial(os.sched_setaffinity, 0, {cpus[index]}) if cpus else None
+        if cpus:
+            env[SERVER_CPUS_ENV] = ",".join(map(str, cpus))
         children.append(
             subprocess.Popen([sys.executable, "-m", "service"], env=env, preexec_fn=pin)
         )

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
-from service.cpus import lower_grpc_threads
+from service.cpus import lower_grpc_threads, on_one_cpu, unpin
 from service.grpc import inference, servicer
 from service.grpc.auth import TokenAuth
 from service.grpc.boundary import Boundary
@@ -52,8 +52,10 @@ class Server:
             settings.version_policy,
         )
         self.metrics_port: int | None = None
+        # A worker pinned to one CPU keeps its event loop there; its inference threads (the
+        # large batches) may run on any CPU the server may use.
         self._executor = ThreadPoolExecutor(
-            settings.inference_threads, thread_name_prefix="inference"
+            settings.inference_threads, thread_name_prefix="inference", initializer=unpin
         )
         self.engine = Engine(self.repository, self._executor, settings)
         # Loading models takes a while: never in the inference threads' way.
@@ -118,7 +120,7 @@ class Server:
         self._start_metrics()  # first: if its port is taken, nothing is left running
         await server.start()
         self._grpc = server
-        if self.settings.cpu_affinity and len(os.sched_getaffinity(0)) == 1:
+        if self.settings.cpu_affinity and on_one_cpu():
             lower_grpc_threads()  # measured: see the README's Performance
 
         await self.change_repository(self.repository.load_all)

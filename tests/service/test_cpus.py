@@ -1,15 +1,17 @@
-"""available_cpus: CPU affinity capped by the cgroup v2 or v1 CPU quota, read from a fake tree."""
+"""available_cpus: CPU affinity capped by the cgroup v2 or v1 CPU quota, read from a fake tree;
+unpin: a pinned worker's inference threads."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from service.cpus import available_cpus
+from service.cpus import SERVER_CPUS_ENV, available_cpus, unpin
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,9 +89,28 @@ def test_a_process_pinned_to_one_cpu_gets_one() -> None:
     /sys/fs/cgroup: fails on any machine with more than one CPU if affinity were ignored."""
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-        "from service.cpus import available_cpus; print(available_cpus())"
+        "from service.cpus import SERVER_CPUS_ENV, available_cpus, unpin; print(available_cpus())"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "1"
+
+
+def test_a_pinned_workers_inference_thread_may_run_on_every_server_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the worker's executor runs in each new thread: pinned → the server's CPUs."""
+    everywhere = os.sched_getaffinity(0)
+    monkeypatch.setenv(SERVER_CPUS_ENV, ",".join(map(str, sorted(everywhere))))
+    seen = []
+
+    def thread() -> None:
+        os.sched_setaffinity(0, {min(everywhere)})  # as the worker's threads inherit
+        unpin()
+        seen.append(os.sched_getaffinity(0))
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    worker.join()
+    assert seen == [everywhere]
