@@ -103,10 +103,10 @@ class Settings(BaseSettings):
     )
     cpu_affinity: bool = Field(
         True,
-        description="with one worker per CPU of the process's affinity, pin worker i (all its "
-        "threads) to the i-th CPU, a call's hand-offs between threads staying on one core; "
-        "on one CPU, gRPC's threads run at the lowest priority, when the event loop waits "
-        "(measured: see the README's Performance)",
+        description="with one worker per CPU of the process's affinity, pin worker i's event "
+        "loop and gRPC's threads to the i-th CPU (a call's hand-offs stay on one core), gRPC's "
+        "at the lowest priority so they run when the loop waits; its inference threads use "
+        "every CPU (measured: see the README's Performance)",
     )
     drain_seconds: float = Field(
         0.0,
