@@ -42,9 +42,8 @@ class _Served:
 
 
 class Engine:
-    """Computation runs in `executor`'s threads; small Predict batches and feature maps of
-    as few images (`inline_max_images`) run inline on the event loop (see
-    `service.batching`)."""
+    """Computation runs in `executor`'s threads; Predict batches and feature maps of at most
+    `inline_max_images` images run inline on the event loop (see `service.batching`)."""
 
     def __init__(self, repository: Repository, executor: Executor, settings: Settings) -> None:
         self.repository = repository
