@@ -29,9 +29,12 @@ from run import PATHS, Case, h2load, request_body
 CLIENTS = 8
 
 
-def _codes(metrics_port: int) -> collections.Counter[str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
-        text = page.read().decode()
+def _codes(metrics_ports: list[int]) -> collections.Counter[str]:
+    """Predict answers by status code, over every worker."""
+    text = ""
+    for port in metrics_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            text += page.read().decode()
     codes: collections.Counter[str] = collections.Counter()
     for line in text.splitlines():
         if line.startswith("convserve_requests_total{") and 'method="Predict"' in line:
@@ -51,7 +54,7 @@ def main() -> None:
     parser.add_argument("server_args", nargs="*", help="extra `convserve serve` flags, after --")
     args = parser.parse_args()
 
-    process, target, (metrics_port,), _ = start_convserve(
+    process, target, metrics_ports, _ = start_convserve(
         args.models_dir, args.model, *args.server_args, metrics=True
     )
     peak = [rss_mb(process.pid)]
@@ -65,9 +68,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             case = Case("Predict", args.images, 4, 16, 3000 if args.images > 1 else 30000)
             body = request_body(case, Path(tmp))
-            start = _codes(metrics_port)
+            start = _codes(metrics_ports)
             sustainable = h2load(target, case, body, case.requests, Path(tmp) / "log")
-            rss_before, before = rss_mb(process.pid), _codes(metrics_port)
+            rss_before, before = rss_mb(process.pid), _codes(metrics_ports)
             closed = before - start  # h2load counts a refusal as an answer: the server does not
             ok_rate = sustainable.requests_per_s * closed["OK"] / max(closed.total(), 1)
             rate = args.factor * ok_rate
@@ -86,7 +89,7 @@ def main() -> None:
             sampler.join()
             sent = int(re.search(r"requests: (\d+) total", output).group(1))  # type: ignore[union-attr]
             ms = np.loadtxt(log, usecols=2, ndmin=1) / 1000
-        codes = _codes(metrics_port) - before
+        codes = _codes(metrics_ports) - before
         rss_after = rss_mb(process.pid)
     finally:
         stop.set()
