@@ -17,6 +17,11 @@ SERVER_CPUS_ENV = "CONVSERVE_SERVER_CPUS"
 GRPC_THREADS_NICE = 19
 
 
+def _affinity() -> set[int]:
+    """The CPUs this process may run on; empty where the platform cannot say (not Linux)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+
+
 def available_cpus(
     cgroup_root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Path("/proc/self/cgroup")
 ) -> int:
@@ -25,8 +30,7 @@ def available_cpus(
     Not os.cpu_count(): that is the node's, so a container limited to 1 CPU on a 64-core node
     would start 64 workers that share one CPU's time (and need 64 times the memory).
     """
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
-    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    cpus = len(_affinity()) or os.cpu_count() or 1
     try:
         quota = _cgroup_quota(cgroup_root, _own_cgroups(proc_self_cgroup))
     except (OSError, ValueError):  # an unreadable or unexpected file: no known quota
@@ -40,7 +44,7 @@ def worker_cpus(workers: int) -> list[int] | None:
     """The CPU each of `workers` worker processes is pinned to: one each, when the process
     may use exactly that many CPUs (its affinity: its own machine or cpuset). None otherwise
     (more or fewer workers, or a CPU quota shared over more CPUs): the workers float."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cpus = sorted(_affinity())
     return cpus if len(cpus) == workers > 1 and available_cpus() == workers else None
 
 
@@ -53,7 +57,7 @@ def unpin() -> None:
 
 def on_one_cpu() -> bool:
     """Whether this process may run on one CPU only (pinned, or a one-CPU cpuset)."""
-    return hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) == 1
+    return len(_affinity()) == 1
 
 
 def lower_grpc_threads() -> None:

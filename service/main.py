@@ -167,9 +167,9 @@ def supervise(settings: Any) -> int:
         env = {**os.environ, **base, "CONVSERVE_WORKERS": "1", WORKER_ENV: "1"}
         if settings.metrics_port > 0:
             env["CONVSERVE_METRICS_PORT"] = str(settings.metrics_port + index)
-        # Set in the child before Python starts, so every thread it makes inherits it.
-        pin = functools.partial(os.sched_setaffinity, 0, {cpus[index]}) if cpus else None
-        if cpus:
+        pin = None
+        if cpus:  # set in the child before Python starts, so every thread it makes inherits it
+            pin = functools.partial(os.sched_setaffinity, 0, {cpus[index]})
             env[SERVER_CPUS_ENV] = ",".join(map(str, cpus))
         children.append(
             subprocess.Popen([sys.executable, "-m", "service"], env=env, preexec_fn=pin)

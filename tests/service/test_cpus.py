@@ -89,7 +89,7 @@ def test_a_process_pinned_to_one_cpu_gets_one() -> None:
     /sys/fs/cgroup: fails on any machine with more than one CPU if affinity were ignored."""
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-        "from service.cpus import SERVER_CPUS_ENV, available_cpus, unpin; print(available_cpus())"
+        "from service.cpus import available_cpus; print(available_cpus())"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
