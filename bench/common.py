@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import functools
+import re
 import socket
 import struct
 import subprocess
@@ -45,6 +47,18 @@ def process_rss_mb(pid: int) -> list[float]:
         for child in children:
             sizes += process_rss_mb(int(child))
     return sizes
+
+
+def answers_by_code(metrics_ports: list[int], method: str) -> collections.Counter[str]:
+    """`method` calls convserve has answered so far, by gRPC status code, over every worker."""
+    codes: collections.Counter[str] = collections.Counter()
+    for port in metrics_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith("convserve_requests_total{") and f'method="{method}"' in line:
+                    code = re.search(r'code="(\w+)"', line).group(1)  # type: ignore[union-attr]
+                    codes[code] += int(float(line.rsplit(" ", 1)[1]))
+    return codes
 
 
 def grpc_frame(message: bytes) -> bytes:

@@ -14,33 +14,17 @@ the server took them up are the difference to what h2load sent); latencies from 
 from __future__ import annotations
 
 import argparse
-import collections
 import re
 import subprocess
 import tempfile
 import threading
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-from common import rss_mb, start_convserve
+from common import answers_by_code, rss_mb, start_convserve
 from run import PATHS, Case, h2load, request_body
 
 CLIENTS = 8
-
-
-def _codes(metrics_ports: list[int]) -> collections.Counter[str]:
-    """Predict answers by status code, over every worker."""
-    text = ""
-    for port in metrics_ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-            text += page.read().decode()
-    codes: collections.Counter[str] = collections.Counter()
-    for line in text.splitlines():
-        if line.startswith("convserve_requests_total{") and 'method="Predict"' in line:
-            code = re.search(r'code="(\w+)"', line).group(1)  # type: ignore[union-attr]
-            codes[code] += int(float(line.rsplit(" ", 1)[1]))
-    return codes
 
 
 def main() -> None:
@@ -68,9 +52,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             case = Case("Predict", args.images, 4, 16, 3000 if args.images > 1 else 30000)
             body = request_body(case, Path(tmp))
-            start = _codes(metrics_ports)
+            start = answers_by_code(metrics_ports, "Predict")
             sustainable = h2load(target, case, body, case.requests, Path(tmp) / "log")
-            rss_before, before = rss_mb(process.pid), _codes(metrics_ports)
+            rss_before, before = rss_mb(process.pid), answers_by_code(metrics_ports, "Predict")
             closed = before - start  # h2load counts a refusal as an answer: the server does not
             ok_rate = sustainable.requests_per_s * closed["OK"] / max(closed.total(), 1)
             rate = args.factor * ok_rate
@@ -89,7 +73,7 @@ def main() -> None:
             sampler.join()
             sent = int(re.search(r"requests: (\d+) total", output).group(1))  # type: ignore[union-attr]
             ms = np.loadtxt(log, usecols=2, ndmin=1) / 1000
-        codes = _codes(metrics_ports) - before
+        codes = answers_by_code(metrics_ports, "Predict") - before
         rss_after = rss_mb(process.pid)
     finally:
         stop.set()

@@ -29,13 +29,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import grpc_frame, process_rss_mb, rss_mb, start_ceiling, start_convserve, stop
+from common import (
+    answers_by_code,
+    grpc_frame,
+    process_rss_mb,
+    rss_mb,
+    start_ceiling,
+    start_convserve,
+    stop,
+)
 from google.protobuf.message import Message
 
 from client.client import feature_map_request, predict_request
@@ -137,17 +144,8 @@ def h2load(target: str, case: Case, body: Path, requests: int, log: Path | None 
 def grpc_errors(metrics_ports: list[int], method: str) -> int:
     """`method` calls convserve answered with a non-OK gRPC status, so far (h2load sees
     HTTP 200 for those). CANCELLED is not counted: h2load resets streams when it stops."""
-    total = 0.0
-    for port in metrics_ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-            for line in page.read().decode().splitlines():
-                if (
-                    line.startswith("convserve_requests_total{")
-                    and f'method="{method}"' in line
-                    and not re.search('code="(OK|CANCELLED)"', line)
-                ):
-                    total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    codes = answers_by_code(metrics_ports, method)
+    return codes.total() - codes["OK"] - codes["CANCELLED"]
 
 
 def median(results: list[Result], logged: list[Result]) -> Result:
@@ -238,8 +236,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(tmp) / "h2load.log"
-            for case in cases:
-                body = request_body(case, Path(tmp))
+            bodies = {case: request_body(case, Path(tmp)) for case in cases}
+            for case, body in bodies.items():
                 servers = {"no-op": noop_target, "convserve": target}
                 if case.method in ("Predict", "ModelInfer"):
                     servers["responses"] = fixed_target
@@ -247,7 +245,7 @@ def main() -> None:
                 rows.append((case, measure(case, servers, body, args.rounds, log, errors)))
             if args.profile and cases:
                 spy = profile(server.pid, args.profile)
-                h2load(target, cases[0], request_body(cases[0], Path(tmp)), cases[0].requests * 2)
+                h2load(target, cases[0], bodies[cases[0]], cases[0].requests * 2)
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
                 spy.wait()
         rss = rss_mb(server.pid)
