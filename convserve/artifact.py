@@ -1,41 +1,55 @@
 """What a model artifact is: MODELS_DIR/NAME/VERSION/ with its files and metadata.json.
 
-One owner for the format: the file names, the format version, the metadata schema as typed
-structures, the one writer (`publish`, used by training) and the one reader that validates
-(`read`, used by the server), and the sha256 of every file they name.
+One owner for the format: the file names, the graphs' tensor names, the format version, the
+metadata schema as typed structures and its builder (`Metadata.new`, used by training and
+import), the one writer (`publish`) and the one reader that validates (`read`, used by the
+server), and the sha256 of every file they name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CLASSES",
+    "CLASS_INDEX",
     "COLORS",
     "EXPLAIN_FILE",
     "FEATURES_FILE",
     "FILTERS_FILE",
     "FORMAT_VERSION",
+    "GRADIENT_METHODS",
+    "INPUT_NAME",
     "INTERPOLATIONS",
     "KERAS_FILE",
     "METADATA_FILE",
     "ONNX_FILE",
+    "ONNX_LOG_ERRORS_ONLY",
+    "PIXELS",
+    "PROBABILITIES",
     "ArtifactError",
     "FileEntry",
     "Layer",
     "Metadata",
     "Preprocessing",
     "TensorSpec",
+    "bias",
     "check_name",
+    "created_now",
+    "heatmap",
+    "kernel",
+    "pre_activation",
     "publish",
     "read",
     "sha256_file",
@@ -47,14 +61,48 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 METADATA_FILE = "metadata.json"
 KERAS_FILE = "model.keras"  # the Keras model training fitted (the server never reads it)
-# What the server runs, all taking pixels 0..255 NHWC float32 named "pixels" with the
+# What the server runs, all taking pixels 0..255 NHWC float32 named PIXELS with the
 # preprocessing inside the graph:
-ONNX_FILE = "model.onnx"  # → "probabilities" [N, classes]
+ONNX_FILE = "model.onnx"  # → PROBABILITIES [N, classes]
 FEATURES_FILE = "features.onnx"  # → "<layer>" for each layer with [N, H, W, C] output, and
-#   "<layer>.pre_activation" for each conv layer: the convolution plus bias before its activation
-EXPLAIN_FILE = "explain.onnx"  # fixed batch; + "class_index" int32 [B] (-1: the predicted
-#   class) → "probabilities", "classes", "<layer>.gradcam" and "<layer>.hirescam" [B, H, W]
-FILTERS_FILE = "filters.npz"  # "<layer>.kernel" [KH, KW, C_in, C_out], "<layer>.bias" [C_out]
+#   pre_activation(layer) for each conv layer: the convolution plus bias before its activation
+EXPLAIN_FILE = "explain.onnx"  # fixed batch; + CLASS_INDEX int32 [B] (-1: the predicted
+#   class) → PROBABILITIES, CLASSES and heatmap(layer, method) [B, H, W] per GRADIENT_METHODS
+FILTERS_FILE = "filters.npz"  # kernel(layer) [KH, KW, C_in, C_out], bias(layer) [C_out]
+# The graphs' tensor names.
+PIXELS = "pixels"
+PROBABILITIES = "probabilities"
+CLASS_INDEX = "class_index"
+CLASSES = "classes"
+GRADIENT_METHODS = ("gradcam", "hirescam")
+# The input's name in metadata.json: what Open Inference Protocol callers name their tensor.
+INPUT_NAME = "images"
+# ONNX Runtime's log level for the artifact's graphs: errors only. Its static shape inference
+# of the heatmaps' Resize rounds 24 x 28/24 down to 27 and warns at every load, though the
+# outputs are 28 (and checked).
+ONNX_LOG_ERRORS_ONLY = 3
+
+
+def pre_activation(layer: str) -> str:
+    """features.onnx's name of a conv layer's convolution + bias, before its activation."""
+    return f"{layer}.pre_activation"
+
+
+def heatmap(layer: str, method: str) -> str:
+    """explain.onnx's name of `layer`'s heatmaps by `method` (one of GRADIENT_METHODS)."""
+    return f"{layer}.{method}"
+
+
+def kernel(layer: str) -> str:
+    """filters.npz's name of a conv layer's kernels."""
+    return f"{layer}.kernel"
+
+
+def bias(layer: str) -> str:
+    """filters.npz's name of a conv layer's biases (absent for a layer without)."""
+    return f"{layer}.bias"
+
+
 PREPROCESSING_DESCRIPTION = (
     "callers send pixels 0..255; the model sees pixels * scale + offset; PNG/JPEG files are "
     "converted to the color and resized to the input's size with the interpolation first"
@@ -67,6 +115,11 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 class ArtifactError(ValueError):
     """An artifact that cannot be written or served: a bad name, a missing or changed file, a
     metadata.json that is not this format. The message names the file and what was expected."""
+
+
+def created_now() -> str:
+    """metadata.json's `created_at` for a version written now (UTC, to the second)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def sha256_file(path: Path) -> str:
@@ -292,6 +345,42 @@ class Metadata:
     # Where the model came from: {"kind": "trained", "data": ...} or {"kind": "imported",
     # "file": ..., "sha256": ..., "format": "onnx" | "keras", "producer": ...}.
     origin: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        name: str,
+        version: int,
+        classes: Sequence[str],
+        input_shape: tuple[int, ...],
+        preprocessing: Preprocessing,
+        files: Sequence[FileEntry],
+        layers: Sequence[Layer],
+        parameters: int,
+        framework: dict[str, str],
+        origin: dict[str, str],
+        training: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+    ) -> Metadata:
+        """A new version's metadata, created now: the input INPUT_NAME of `input_shape` and
+        the output PROBABILITIES, one per class, as every served graph has them."""
+        return cls(
+            name=name,
+            version=version,
+            created_at=created_now(),
+            classes=tuple(classes),
+            input=TensorSpec(INPUT_NAME, tuple(input_shape)),
+            output=TensorSpec(PROBABILITIES, (len(classes),)),
+            preprocessing=preprocessing,
+            files=tuple(files),
+            layers=tuple(layers),
+            parameters=parameters,
+            training=training or {},
+            evaluation=evaluation or {},
+            framework=framework,
+            origin=origin,
+        )
 
     def describe_origin(self) -> str:
         """One line, e.g. `imported from net.onnx (onnx, sha256 ab12…, producer pytorch 2.5)`."""
