@@ -9,7 +9,7 @@ MODEL ?= fashion
 APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install system-packages run train test cluster-test fuzz soak lint format clean proto bench readme
+.PHONY: install system-packages run train test cluster-test fuzz soak lint format clean proto bench docs
 
 install: system-packages $(VENV)/.installed
 
@@ -72,11 +72,14 @@ format: install
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Regenerate the README's settings table from service/settings.py (a test checks they agree).
-readme: install
+# Regenerate the settings table in docs/serving.md from service/settings.py (a test checks they
+# agree): the table's lines, from its header row to the first line that is not a table row.
+docs: install
 	$(BIN)/python -c 'import re, pathlib; from service.settings import settings_table as t; \
-	p = pathlib.Path("README.md"); s = p.read_text(); \
-	p.write_text(re.sub(r"\| flag \| environment .*?\n(?=\n)", lambda m: t() + "\n", s, flags=re.S))'
+	p = pathlib.Path("docs/serving.md"); \
+	s, n = re.subn(r"^\| flag \| environment .*?(?=\n(?!\|)|\Z)", lambda m: t(), p.read_text(), \
+	               count=1, flags=re.S | re.M); \
+	assert n == 1, f"{p}: no settings table to regenerate"; p.write_text(s)'
 
 # Regenerate the committed gRPC stubs; tests/test_proto.py fails when they drift.
 PB_DIR ?= convserve/api/pb
