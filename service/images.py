@@ -1,47 +1,27 @@
-"""Request images → the float32 pixel batch a model takes, with a clear error for anything else."""
+"""A request's images (an array of pixels, or PNG/JPEG files) → the float32 pixel batch a model
+takes, with a clear error for anything else."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from convserve import imagefiles
-from convserve.api.codec import TensorError, from_tensor
-from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from convserve.artifact import Preprocessing
 from service.errors import InvalidInput, ResourceExhausted
 
-__all__ = ["MAX_IMAGE_PIXELS", "as_pixels", "decode_files", "from_images", "is_encoded"]
+__all__ = ["MAX_IMAGE_PIXELS", "as_pixels", "decode_files"]
 
 # The largest PNG/JPEG decoded (and resized) for a request: a 6000x4000 camera photo fits; a
 # few-kilobyte file claiming 100,000x100,000 pixels is refused from its header.
 MAX_IMAGE_PIXELS = 25_000_000
 
 
-def is_encoded(images: pb.Images) -> bool:
-    return bool(images.WhichOneof("source") == "encoded")
-
-
-def from_images(images: pb.Images, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
-    """The raw tensor path of convserve.v1: `Images.tensor` → `as_pixels`."""
-    source = images.WhichOneof("source")
-    if source is None:
-        raise InvalidInput(
-            "no images: set images.tensor (uint8 or float32 pixels) "
-            "or images.encoded (PNG/JPEG files)"
-        )
-    if source == "encoded":
-        raise AssertionError("encoded images are decoded by decode_files")
-    try:
-        array = from_tensor(images.tensor)
-    except TensorError as exc:
-        raise InvalidInput(str(exc)) from None
-    return as_pixels(array, shape, max_images)
-
-
 def as_pixels(array: np.ndarray, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
     """uint8/float32 [N,H,W], [N,H,W,C] or [N,H*W*C] → float32 [N,H,W,C], checked.
 
-    Cheap (numpy only): safe on the event loop. Encoded files go through `decode_files`.
+    Cheap (numpy only): safe on the event loop.
     """
     height, width, channels = shape
     accepted = [(height, width, channels), (height * width * channels,)]
@@ -61,7 +41,7 @@ def as_pixels(array: np.ndarray, shape: tuple[int, int, int], max_images: int) -
     return pixels
 
 
-def decode_files(files: list[bytes], shape: tuple[int, int, int], max_images: int,
+def decode_files(files: Sequence[bytes], shape: tuple[int, int, int], max_images: int,
                  preprocessing: Preprocessing) -> np.ndarray:  # fmt: skip
     """PNG/JPEG files of any size or colour → float32 [N, H, W, C]: converted and resized as
     the model's preprocessing records (convserve.imagefiles, the code training used). Call it

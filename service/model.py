@@ -8,33 +8,45 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 
 from convserve import artifact
-from convserve.api.codec import EXPLAIN_METHODS
 from convserve.artifact import (
+    CLASS_INDEX,
+    CLASSES,
     EXPLAIN_FILE,
     FEATURES_FILE,
     FILTERS_FILE,
+    GRADIENT_METHODS,
     ONNX_FILE,
+    PIXELS,
+    PROBABILITIES,
     Layer,
     Metadata,
 )
 from service.errors import InvalidInput, ModelLoadError, NotFound
 
-__all__ = ["Model"]
+__all__ = ["Explanation", "Model"]
 
 log = logging.getLogger(__name__)
 
-# ONNX Runtime logs errors only (see training/export.py's QUIET: a Resize shape warning).
-QUIET = 3
-
 # Batch sizes run once before the model reports ready.
 WARMUP_BATCH_SIZES = (1, 8)
-PRE_ACTIVATION = ".pre_activation"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What an explanation is of, checked against the model (`Model.explanation`): the method,
+    the conv layer it explains ("" for occlusion, which explains the image), and the class
+    (None: each image's most probable)."""
+
+    method: str
+    layer: str
+    class_index: int | None
 
 
 class Model:
@@ -68,13 +80,11 @@ class Model:
         self._features = sessions[FEATURES_FILE]
         self._explain = sessions.get(EXPLAIN_FILE)
         self._filters = filters
-        # The layers with gradient explanations: the explanation graph's "<layer>.gradcam".
-        explained = [
-            output.name.rsplit(".", 1)[0]
-            for output in (self._explain.get_outputs() if self._explain else [])
-            if output.name.endswith(".gradcam")
-        ]
-        self.explain_layers = tuple(name for name in self.conv_layers if name in explained)
+        # The layers with gradient explanations: those the explanation graph has heatmaps of.
+        explained = {output.name for output in self._explain.get_outputs()} if self._explain else ()
+        self.explain_layers = tuple(
+            name for name in self.conv_layers if artifact.heatmap(name, "gradcam") in explained
+        )
         self.explain_layer = (self.explain_layers or self.conv_layers or ("",))[-1]
         # Behind global average pooling Grad-CAM is CAM; behind Flatten + Dense its mean
         # gradients are often all negative and it shows nothing, while HiResCAM is each
@@ -83,7 +93,9 @@ class Model:
         self.default_method = (
             ("gradcam" if pooled else "hirescam") if self.explain_layers else "occlusion"
         )
-        self.explain_methods = tuple(EXPLAIN_METHODS) if self.explain_layers else ("occlusion",)
+        self.explain_methods = (
+            (*GRADIENT_METHODS, "occlusion") if self.explain_layers else ("occlusion",)
+        )
         # The gradient graph's fixed batch: requests are padded to a multiple of it.
         self._explain_batch = self._explain.get_inputs()[0].shape[0] if self._explain else 0
         if not isinstance(self._explain_batch, int):
@@ -111,7 +123,7 @@ class Model:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        options.log_severity_level = QUIET
+        options.log_severity_level = artifact.ONNX_LOG_ERRORS_ONLY
         sessions = {}
         for file in (ONNX_FILE, FEATURES_FILE, EXPLAIN_FILE):
             if metadata.file(file) is not None:
@@ -136,43 +148,43 @@ class Model:
             if self.default_layer:
                 self.feature_map(pixels, self.default_layer)
         if self.explain_layers:  # one fixed batch size
-            self.explain(pixels[:1], self.explain_layer, method="gradcam")
+            self.explain(pixels[:1], Explanation("gradcam", self.explain_layer, None))
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Pixels float32 [N, H, W, C] (0..255) → class probabilities float32 [N, classes]."""
-        result: np.ndarray = self._predict.run(["probabilities"], {"pixels": pixels})[0]
+        result: np.ndarray = self._predict.run([PROBABILITIES], {PIXELS: pixels})[0]
         return result
 
-    def feature_map(
-        self, pixels: np.ndarray, layer: str, *, pre_activation: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """A layer's activations [N, H, W, C] and, for Conv2D, the convolution before them."""
+    def feature_shape(self, layer: str, pre_activation: bool = False) -> tuple[int, ...]:
+        """The shape [H, W, C] of `layer`'s feature maps (and of its pre-activation): NotFound
+        for a layer without them, InvalidInput for the pre-activation of a layer that is not
+        a convolution."""
         self.check_layer(layer)
         if pre_activation and not self.layers[layer].is_conv:
             raise InvalidInput(
                 f"layer {layer!r} is a {self.layers[layer].type}: only Conv2D layers have a "
                 "pre-activation; ask without it or pick a conv layer"
             )
-        names = [layer, layer + PRE_ACTIVATION] if pre_activation else [layer]
-        activations, *pre = self._features.run(names, {"pixels": pixels})
+        return self.layers[layer].output_shape
+
+    def feature_map(
+        self, pixels: np.ndarray, layer: str, pre_activation: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A layer's activations [N, H, W, C] and, for Conv2D, the convolution before them
+        (`layer` and `pre_activation` as `feature_shape` takes them)."""
+        names = [layer, artifact.pre_activation(layer)] if pre_activation else [layer]
+        activations, *pre = self._features.run(names, {PIXELS: pixels})
         return activations, pre[0] if pre else None
 
-    def explain(
-        self,
-        pixels: np.ndarray,
-        layer: str,
-        class_index: int | None = None,
-        *,
-        method: str = "",
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`method`'s heatmaps (default: the model's `default_method`; the methods are
-        described in convserve.proto) for `class_index` (default: each image's most probable
-        class). `layer` is the conv layer the gradient methods explain.
-
-        Returns heatmaps float32 [N, H, W] at the input's resolution (>= 0, unnormalised), the
-        class each explains int32 [N], and the probabilities float32 [N, classes].
-        """
+    def explanation(
+        self, method: str = "", layer: str = "", class_index: int | None = None
+    ) -> Explanation:
+        """What `explain` is asked for, checked, with the defaults filled in: `method` (the
+        model's `default_method`; the methods are described in convserve.proto), the conv
+        layer a gradient method explains (the last with a gradient graph), and the class
+        (each image's most probable)."""
         method = method or self.default_method
+        layer = layer or ("" if method == "occlusion" else self.explain_layer)
         if class_index is not None and not 0 <= class_index < len(self.class_names):
             raise InvalidInput(
                 f"class_index {class_index}: model {self.name!r} has {len(self.class_names)} "
@@ -183,8 +195,7 @@ class Model:
                 raise InvalidInput(
                     f"layer {layer!r}: occlusion explains the image, not a layer; leave it empty"
                 )
-            return self._occlusion(pixels, class_index)
-        if self._explain is None or layer not in self.explain_layers:
+        elif layer not in self.explain_layers:
             if layer:
                 self.check_layer(layer)  # NOT_FOUND for a layer the model does not have
             has = f"layers {', '.join(self.explain_layers)}" if self.explain_layers else "no layer"
@@ -193,24 +204,32 @@ class Model:
                 f"gradients exported to ONNX), not for {layer!r}; ask for one of them or for "
                 "method occlusion, which works on any model"
             )
+        return Explanation(method, layer, class_index)
+
+    def explain(
+        self, pixels: np.ndarray, explanation: Explanation
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The heatmaps of `explanation` (from `explanation()`) float32 [N, H, W] at the
+        input's resolution (>= 0, unnormalised), the class each explains int32 [N], and the
+        probabilities float32 [N, classes]."""
+        method, layer, class_index = (explanation.method, explanation.layer,
+                                      explanation.class_index)  # fmt: skip
+        if method == "occlusion":
+            return self._occlusion(pixels, class_index)
+        assert self._explain is not None  # explanation() allows a gradient method only with it
         batch, count = self._explain_batch, len(pixels)
         padded = np.zeros((-(-count // batch) * batch, *pixels.shape[1:]), np.float32)
         padded[:count] = pixels
         wanted = np.full(batch, -1 if class_index is None else class_index, np.int32)
-        names = [f"{layer}.{method}", "classes", "probabilities"]
+        names = [artifact.heatmap(layer, method), CLASSES, PROBABILITIES]
         chunks = [
-            self._explain.run(names, {"pixels": padded[i : i + batch], "class_index": wanted})
+            self._explain.run(names, {PIXELS: padded[i : i + batch], CLASS_INDEX: wanted})
             for i in range(0, len(padded), batch)
         ]
         heatmaps, classes, probabilities = (
             np.concatenate(parts)[:count] for parts in zip(*chunks, strict=True)
         )
         return heatmaps, classes.astype(np.int32), probabilities
-
-    def layer_to_explain(self, method: str, layer: str = "") -> str:
-        """The layer `method` explains: `layer`, or by default the last conv layer with a
-        gradient graph; "" for occlusion, which explains the image."""
-        return layer or ("" if method == "occlusion" else self.explain_layer)
 
     def _occlusion(
         self, pixels: np.ndarray, class_index: int | None
@@ -247,7 +266,7 @@ class Model:
                 f"model {self.name!r} version {self.version} has no conv layer {layer!r}; "
                 f"conv layers: {', '.join(self.conv_layers)}"
             )
-        return self._filters[f"{layer}.kernel"], self._filters.get(f"{layer}.bias")
+        return self._filters[artifact.kernel(layer)], self._filters.get(artifact.bias(layer))
 
     def check_layer(self, layer: str) -> None:
         """Raise NotFound unless `layer` is a layer with feature maps (FeatureMap's)."""
@@ -276,8 +295,8 @@ def _check_io(path: Path, session: onnxruntime.InferenceSession, metadata: Metad
     inputs = {i.name: list(i.shape[1:]) for i in session.get_inputs()}
     outputs = {o.name: list(o.shape[1:]) for o in session.get_outputs()}
     want_in, want_out = list(metadata.input.shape), [len(metadata.classes)]
-    if inputs != {"pixels": want_in} or outputs.get("probabilities") != want_out:
+    if inputs != {PIXELS: want_in} or outputs.get(PROBABILITIES) != want_out:
         raise ModelLoadError(
             f"{path}: the graph maps {inputs} → {outputs} but metadata.json says "
-            f"pixels {want_in} → probabilities {want_out} ({len(metadata.classes)} classes)"
+            f"{PIXELS} {want_in} → {PROBABILITIES} {want_out} ({len(metadata.classes)} classes)"
         )

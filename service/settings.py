@@ -77,7 +77,7 @@ class Settings(BaseSettings):
         1,
         ge=1,
         description="ONNX Runtime's intra-op threads per call; with one worker per CPU, 1 "
-        "(measured: see the README's Performance)",
+        "(measured: see docs/performance.md)",
     )
     max_batch_size: int = Field(
         64,
@@ -106,7 +106,7 @@ class Settings(BaseSettings):
         description="with one worker per CPU of the process's affinity, pin worker i's event "
         "loop and gRPC's threads to the i-th CPU (a call's hand-offs stay on one core), gRPC's "
         "at the lowest priority so they run when the loop waits; its inference threads use "
-        "every CPU (measured: see the README's Performance)",
+        "every CPU (measured: see docs/performance.md)",
     )
     drain_seconds: float = Field(
         0.0,

@@ -33,8 +33,9 @@ MODULES = [
     "client.errors", "client.loadtest",
     "service.calls", "service.cpus", "service.errors", "service.policies", "service.tokens",
     "service.images", "service.main", "service.metrics", "service.model", "service.repository",
-    "service.settings", "service.grpc.boundary", "service.grpc.engine", "service.grpc.inference",
-    "service.grpc.server", "service.grpc.servicer", "training.commands", "training.export",
+    "service.settings", "service.grpc.auth", "service.grpc.boundary", "service.grpc.engine",
+    "service.grpc.server", "service.grpc.v1", "service.grpc.v2", "service.responses",
+    "training.commands", "training.export",
     "training.data", "training.importer", "training.model", "training.onnx_import", "training.plan",
     "training.reference", "training.report", "training.train",
 ]  # fmt: skip

@@ -1,23 +1,31 @@
-"""numpy ⇄ `convserve.v1.Tensor` and `artifact.Layer` ⇄ `convserve.v1.Layer`: the one codec
-the client and the server both use."""
+"""numpy ⇄ tensors on the wire (convserve.v1's `Tensor`, the Open Inference Protocol's inputs)
+and `artifact.Layer` ⇄ `convserve.v1.Layer`: the one codec, with one set of checks, that the
+client and every API of the server use."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
 from convserve.artifact import Layer
 
 __all__ = [
     "DTYPES",
     "EXPLAIN_METHODS",
+    "INFERENCE_DATATYPES",
     "METHOD_NAMES",
     "TensorError",
+    "decode",
     "dtype_name",
+    "from_infer_input",
     "from_layer_message",
     "from_tensor",
+    "from_values",
     "layer_message",
     "to_tensor",
 ]
@@ -28,6 +36,12 @@ DTYPES: dict[pb.DataType, np.dtype[np.generic]] = {
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
 }
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
+# The Open Inference Protocol's datatypes convserve takes, their numpy equivalents, and the
+# typed-contents field that carries each.
+INFERENCE_DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
+    "UINT8": (np.dtype("<u1"), "uint_contents"),
+    "FP32": (np.dtype("<f4"), "fp32_contents"),
+}
 
 # Explain's methods by the names the client, the server and V2 outputs use, and back.
 EXPLAIN_METHODS: dict[str, pb.ExplainMethod] = {
@@ -61,28 +75,71 @@ def to_tensor(array: np.ndarray) -> pb.Tensor:
 
 
 def from_tensor(tensor: pb.Tensor) -> np.ndarray:
-    """Decode without copying the bytes; the size is checked against shape × itemsize first.
-
-    The array is read-only: it views the message's bytes.
-    """
+    """convserve.v1's Tensor → an array viewing its bytes (read-only), checked (see `decode`)."""
     dtype = DTYPES.get(tensor.dtype)
     if dtype is None:
         raise TensorError(
             f"tensor dtype {dtype_name(tensor.dtype)} is not supported; expected uint8 or float32"
         )
-    shape = tuple(tensor.shape)
-    if any(dim < 0 for dim in shape):
-        raise TensorError(f"tensor shape {list(shape)} has a negative dimension")
-    expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.content) != expected:
+    return decode(tensor.content, dtype, tensor.shape)
+
+
+def from_infer_input(
+    tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None
+) -> np.ndarray:
+    """An Open Inference Protocol input → an array: from its `raw` bytes (the request's
+    raw_input_contents entry, viewed read-only, see `decode`) or else its typed contents."""
+    what = f"input {tensor.name!r}"
+    if tensor.datatype not in INFERENCE_DATATYPES:
         raise TensorError(
-            f"tensor content is {len(tensor.content)} bytes but shape {list(shape)} of "
-            f"{dtype_name(tensor.dtype)} needs {expected}"
+            f"{what} has datatype {tensor.datatype!r}; expected {' or '.join(INFERENCE_DATATYPES)}"
+        )
+    dtype, typed_field = INFERENCE_DATATYPES[tensor.datatype]
+    if raw is not None:
+        return decode(raw, dtype, tensor.shape, f"{what} raw_input_contents")
+    values = getattr(tensor.contents, typed_field)
+    return from_values(values, dtype, tensor.shape, f"{what} contents.{typed_field}")
+
+
+def decode(
+    content: bytes, dtype: np.dtype[Any], shape: Sequence[int], what: str = "tensor"
+) -> np.ndarray:
+    """Little-endian `content` as an array of `dtype` and `shape`, without copying (read-only:
+    it views the bytes); the size is checked against shape × itemsize first."""
+    shape = _shape(shape, what)
+    expected = math.prod(shape) * dtype.itemsize
+    if len(content) != expected:
+        raise TensorError(
+            f"{what} has {len(content)} bytes but shape {list(shape)} of {dtype.name} "
+            f"needs {expected}"
         )
     try:
-        return np.frombuffer(tensor.content, dtype=dtype).reshape(shape)
+        return np.frombuffer(content, dtype=dtype).reshape(shape)
     except ValueError as exc:  # e.g. a zero dimension beside huge ones
-        raise TensorError(f"tensor shape {list(shape)}: {exc}") from None
+        raise TensorError(f"{what} shape {list(shape)}: {exc}") from None
+
+
+def from_values(
+    values: Sequence[float], dtype: np.dtype[Any], shape: Sequence[int], what: str = "tensor"
+) -> np.ndarray:
+    """Typed values (numbers, not bytes) as an array of `dtype` and `shape`: as many as the
+    shape needs, and for uint8 each 0..255."""
+    shape = _shape(shape, what)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise TensorError(f"{what} has {len(values)} values but shape {list(shape)} needs {count}")
+    array = np.asarray(values, dtype=np.float32 if dtype.kind == "f" else np.int64)
+    if dtype.kind == "u" and count and (array.min() < 0 or array.max() > 255):
+        raise TensorError(f"{what}: {dtype.name} values must be 0..255")
+    typed: np.ndarray = array.astype(dtype).reshape(shape)
+    return typed
+
+
+def _shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
+    shape = tuple(shape)
+    if any(dim < 0 for dim in shape):
+        raise TensorError(f"{what} shape {list(shape)} has a negative dimension")
+    return shape
 
 
 def layer_message(layer: Layer) -> pb.Layer:

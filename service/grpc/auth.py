@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.grpc.boundary import HANDLERS, record
+from service.grpc.boundary import refusing
 from service.tokens import Tokens, digest
 
 __all__ = ["TokenAuth"]
@@ -53,8 +53,7 @@ class TokenAuth(Interceptor):
         refusal = self._refusal(method, details.invocation_metadata or ())
         if refusal is None:
             return handler
-        record("", "", method.rsplit("/", 1)[-1], refusal[0].name, 0.0)
-        return _refusing(handler, *refusal)
+        return refusing(handler, method.rsplit("/", 1)[-1], *refusal)
 
     def _refusal(
         self, method: str, metadata: Sequence[tuple[str, Any]]
@@ -86,19 +85,3 @@ class TokenAuth(Interceptor):
             if hmac.compare_digest(known, presented):
                 found = scope
         return found
-
-
-def _refusing(
-    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same kind as `handler` that answers `code` and reads nothing."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(code, message)
-
-    kind = HANDLERS[(handler.request_streaming, handler.response_streaming)]
-    return kind(
-        refuse,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )

@@ -1,5 +1,5 @@
-"""The one boundary between gRPC and the service: every unary call and every message of a
-stream passes through it.
+"""The one boundary between gRPC and the service: every call of convserve's APIs, and every
+message of a stream, passes through it.
 
 `Boundary.add_service` registers a servicer's methods wrapped in it. Requests are parsed
 leniently: bytes that are not the request message reach it as `Malformed` and get
@@ -11,7 +11,9 @@ its latency and the calls in flight, answers with the call's request id (the cal
 `x-request-id` metadata, or a new one) in the trailing metadata, and logs it to the access
 log (`--access-log`). A failed stream message is answered with the servicer's error message
 for it and the stream goes on. (A grpc.aio ServerInterceptor did the same at 15% of the
-ceiling's throughput: it wraps every call in another handler and coroutine.)
+ceiling's throughput: it wraps every call in another handler and coroutine.) A call the
+token check refuses before it is read (service.grpc.auth) is answered by `refusing`, with
+its request id, its count and its access-log line like every other refusal.
 """
 
 from __future__ import annotations
@@ -30,16 +32,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from service import metrics
 from service.calls import ANSWERED_BY, DEADLINE
-from service.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, ServiceError
+from service.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, status
 from service.settings import ACCESS_LOGGER
 
-__all__ = [
-    "HANDLERS",
-    "REQUEST_ID_KEY",
-    "Boundary",
-    "Malformed",
-    "record",
-]
+__all__ = ["REQUEST_ID_KEY", "Boundary", "Malformed", "failure", "record", "refusing"]
 
 log = logging.getLogger(__name__)
 access = logging.getLogger(ACCESS_LOGGER)
@@ -121,15 +117,16 @@ HANDLERS = {
 
 
 def failure(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
-    """The status and message a caller gets for `exc`: a `ServiceError`'s own; for anything
-    else INTERNAL and a generic message, the traceback logged as `what` failing."""
-    if isinstance(exc, ServiceError):
-        message = str(exc)  # it may quote a caller's 20,000-character name: keep the trailer small
-        if len(message) > MAX_MESSAGE:
-            message = message[:MAX_MESSAGE] + " ... (message cut)"
-        return exc.code, message
-    log.error("%s failed", what, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
+    """The status and message a caller gets for `exc` (see `service.errors.status`); for a bug,
+    INTERNAL and a generic message, the traceback logged as `what` failing."""
+    code = status(exc)
+    if code is None:
+        log.error("%s failed", what, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
+    message = str(exc)  # it may quote a caller's 20,000-character name: keep the trailer small
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + " ... (message cut)"
+    return code, message
 
 
 def _log_access(
@@ -138,6 +135,28 @@ def _log_access(
     fields = {"request_id": request_id, "method": method, "model": model, "version": version,
               "code": code, "ms": round(seconds * 1e3, 3)}  # fmt: skip
     access.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
+
+
+def refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same kind as `handler` (of `method`, e.g. "Predict") that refuses its
+    call with `code` and reads none of its messages, answered as the boundary answers every
+    call: with its request id, counted, in the access log."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        request_id = _request_id(context)
+        record("", "", method, code.name, 0.0)
+        if access.isEnabledFor(logging.INFO):
+            _log_access(request_id, method, "", "", code.name, 0.0)
+        await context.abort(code, message, ((REQUEST_ID_KEY, request_id),))
+
+    kind = HANDLERS[(handler.request_streaming, handler.response_streaming)]
+    return kind(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class Boundary:

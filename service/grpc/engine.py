@@ -1,9 +1,9 @@
-"""What both APIs do, convserve.v1 and the Open Inference Protocol: one implementation.
+"""What every API does, convserve.v1 and the Open Inference Protocol: one implementation.
 
-Find the model (and name it for the call's metrics), check the pixels, run Predict through
-the model's batcher and feature maps and explanations in a worker thread. The engine
-composes each served model with its batcher and its Predict encoder; the servicers only
-translate their messages to and from these calls.
+The path of a call: `model` (name + version → the loaded model), `pixels` (the request's
+images, checked once, for that model), then `predict` (through the model's batcher),
+`feature_map` or `explain`. Each returns numpy arrays; the servicers translate their
+messages to these calls and the answers back to their own wire format.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,22 +22,16 @@ from service.batching import Batcher
 from service.calls import ANSWERED_BY
 from service.errors import ResourceExhausted
 from service.images import as_pixels, decode_files
-from service.model import Model
+from service.model import Explanation, Model
 from service.repository import Repository
-from service.responses import PredictEncoder
 from service.settings import Settings
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "Images"]
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class _Served:
-    """What a model is served with: Predict's batch queue and its response encoder."""
-
-    batcher: Batcher
-    encoder: PredictEncoder
+# A request's images: an array of pixels (decoded by the codec), or PNG/JPEG files.
+Images = np.ndarray | Sequence[bytes]
 
 
 class Engine:
@@ -49,72 +42,52 @@ class Engine:
         self.repository = repository
         self.settings = settings
         self._executor = executor
-        # Made on a model's first call; gone with the model once no call holds it.
-        self._served: weakref.WeakKeyDictionary[Model, _Served] = weakref.WeakKeyDictionary()
+        # Made on a model's first Predict; gone with the model once no call holds it.
+        self._batchers: weakref.WeakKeyDictionary[Model, Batcher] = weakref.WeakKeyDictionary()
 
     def model(self, name: str = "", version: int = 0) -> Model:
-        """The model that answers this call (the default / latest when not named)."""
+        """The model that answers this call (the default / latest when not named), which the
+        boundary's metrics and access log then name."""
         model = self.repository.get(name, version)
         ANSWERED_BY.set((model.name, str(model.version)))
         return model
 
-    def pixels(self, array: np.ndarray, model: Model) -> np.ndarray:
-        """A request's uint8/float32 array → the checked float32 batch `model` takes."""
-        return as_pixels(array, model.input_shape, self.settings.max_images)
-
-    async def decode(self, files: list[bytes], model: Model) -> np.ndarray:
-        """PNG/JPEG files → the float32 batch `model` takes (decoded and resized as the model
-        was trained, in a worker thread)."""
-        return await self._run(decode_files, files, model.input_shape, self.settings.max_images,
-                               model.metadata.preprocessing)  # fmt: skip
+    async def pixels(self, model: Model, images: Images) -> np.ndarray:
+        """A request's images → the float32 batch [N, H, W, C] `model` takes, count, shape and
+        limits checked: an array as it is (uint8 or float32 of the shapes `as_pixels`
+        accepts), files decoded and resized as the model was trained, in a worker thread."""
+        max_images = self.settings.max_images
+        if isinstance(images, np.ndarray):
+            return as_pixels(images, model.input_shape, max_images)
+        preprocessing = model.metadata.preprocessing
+        return await self._run(decode_files, images, model.input_shape, max_images, preprocessing)
 
     async def predict(self, model: Model, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities float32 [N, classes], coalesced with concurrent requests."""
-        return await self._serve(model).batcher.submit(pixels)
-
-    def encoder(self, model: Model) -> PredictEncoder:
-        """Writes `model`'s convserve.v1 Predict answers."""
-        return self._serve(model).encoder
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            batcher = self._batchers[model] = self._batcher(model)
+        return await batcher.submit(pixels)
 
     async def feature_map(
         self, model: Model, layer: str, pixels: np.ndarray, pre_activation: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """`layer`'s activations (and its convolution before them)."""
-        model.check_layer(layer)
-        shape = model.layers[layer].output_shape
-        self._check_fits(
-            f"the {layer} feature maps {list(shape)}",
-            pixels,
-            math.prod(shape) * (1 + pre_activation),
-        )
+        shape = model.feature_shape(layer, pre_activation)
+        floats = math.prod(shape) * (1 + pre_activation)
+        self._check_fits(f"the {layer} feature maps {list(shape)}", pixels, floats)
         if len(pixels) <= self.settings.inline_max_images:  # as Predict's small batches:
-            return model.feature_map(pixels, layer, pre_activation=pre_activation)  # no hop
-        return await self._run(
-            lambda: model.feature_map(pixels, layer, pre_activation=pre_activation)
-        )
+            return model.feature_map(pixels, layer, pre_activation)  # no hop
+        return await self._run(model.feature_map, pixels, layer, pre_activation)
 
     async def explain(
-        self,
-        model: Model,
-        layer: str,
-        pixels: np.ndarray,
-        class_index: int | None = None,
-        method: str = "",
+        self, model: Model, pixels: np.ndarray, explanation: Explanation
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Heatmaps [N, H, W], the classes they explain [N], probabilities [N, classes]."""
         height, width = model.input_shape[:2]
-        self._check_fits(
-            f"the heatmaps [{height}, {width}]", pixels, height * width + len(model.class_names)
-        )
-        return await self._run(lambda: model.explain(pixels, layer, class_index, method=method))
-
-    def _serve(self, model: Model) -> _Served:
-        served = self._served.get(model)
-        if served is None:
-            served = self._served[model] = _Served(
-                self._batcher(model), PredictEncoder(model.name, model.version, model.class_names)
-            )
-        return served
+        floats = height * width + len(model.class_names)
+        self._check_fits(f"the heatmaps [{height}, {width}]", pixels, floats)
+        return await self._run(model.explain, pixels, explanation)
 
     def _batcher(self, model: Model) -> Batcher:
         settings = self.settings

@@ -16,9 +16,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from service.cpus import lower_grpc_threads, on_one_cpu, unpin
-from service.grpc import inference, servicer
+from service.grpc import v1, v2
 from service.grpc.auth import TokenAuth
 from service.grpc.boundary import Boundary
 from service.grpc.engine import Engine
@@ -31,7 +30,6 @@ __all__ = ["Server"]
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConvServe"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -72,6 +70,36 @@ class Server:
         Returns the bound gRPC port. Health names: "" (the server), the service, each model.
         """
         started = time.perf_counter()
+        server = self._grpc_server()
+        address = _address(self.settings.host, self.settings.port)
+        credentials = self._tls_credentials()
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+        await self._set_health(NOT_SERVING)
+        self._start_metrics()  # first: if its port is taken, nothing is left running
+        await server.start()
+        self._grpc = server
+        if self.settings.cpu_affinity and on_one_cpu():
+            lower_grpc_threads()  # measured: see docs/performance.md
+
+        await self.change_repository(self.repository.load_all)
+        if self.settings.poll_seconds > 0:
+            self._watcher = asyncio.create_task(self._watch(self.settings.poll_seconds))
+        log.info(
+            "serving %s on %s (port %d) after %.2f s; metrics on port %s",
+            ", ".join(self.repository.names) or "no models",
+            address,
+            port,
+            time.perf_counter() - started,
+            self.metrics_port,
+        )
+        return port
+
+    def _grpc_server(self) -> grpc.aio.Server:
+        """The gRPC server with every service on it: both APIs behind one boundary (and the
+        tokens, if any), health, and reflection if asked for."""
         size = self.settings.max_message_bytes
         tokens = load_tokens(self.settings)
         server = grpc.aio.server(
@@ -90,51 +118,15 @@ class Server:
             ],
         )
         boundary = Boundary(self.settings.max_concurrent_requests)
-        servicer.add_to_server(servicer.ConvServeServicer(self.engine), server, boundary)
-        inference.add_to_server(
-            inference.InferenceServicer(self.engine, self.change_repository), server, boundary
+        v1.add_to_server(v1.ConvServeServicer(self.engine), server, boundary)
+        v2.add_to_server(
+            v2.InferenceServicer(self.engine, self.change_repository), server, boundary
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.settings.reflection:
-            reflection.enable_server_reflection(
-                [
-                    SERVICE_NAME,
-                    inference.SERVICE_NAME,
-                    health.SERVICE_NAME,
-                    reflection.SERVICE_NAME,
-                ],
-                server,
-            )
-        host = self.settings.host
-        address = (
-            f"[{host}]:{self.settings.port}"
-            if ":" in host and not host.startswith("[")
-            else f"{host}:{self.settings.port}"
-        )
-        credentials = self._tls_credentials()
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
-        await self._set_health(NOT_SERVING)
-        self._start_metrics()  # first: if its port is taken, nothing is left running
-        await server.start()
-        self._grpc = server
-        if self.settings.cpu_affinity and on_one_cpu():
-            lower_grpc_threads()  # measured: see the README's Performance
-
-        await self.change_repository(self.repository.load_all)
-        if self.settings.poll_seconds > 0:
-            self._watcher = asyncio.create_task(self._watch(self.settings.poll_seconds))
-        log.info(
-            "serving %s on %s (port %d) after %.2f s; metrics on port %s",
-            ", ".join(self.repository.names) or "no models",
-            address,
-            port,
-            time.perf_counter() - started,
-            self.metrics_port,
-        )
-        return port
+            services = [v1.SERVICE_NAME, v2.SERVICE_NAME, health.SERVICE_NAME]
+            reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], server)
+        return server
 
     async def change_repository(self, function: Callable[..., object], *args: Any) -> None:
         """Run a repository change off the event loop (loading is slow), one at a time, then
@@ -167,7 +159,7 @@ class Server:
 
     async def _set_health(self, status: int) -> None:
         """The server's and both services' status (each model's is set by `_update_health`)."""
-        for name in ("", SERVICE_NAME, inference.SERVICE_NAME):
+        for name in ("", v1.SERVICE_NAME, v2.SERVICE_NAME):
             await self._health.set(name, status)
 
     def _tls_credentials(self) -> grpc.ServerCredentials | None:
@@ -209,3 +201,8 @@ class Server:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._loader.shutdown(wait=True, cancel_futures=True)
         log.info("stopped")
+
+
+def _address(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"

@@ -15,6 +15,8 @@ import pytest
 
 from client import Client
 from client.errors import PermissionDenied, Unauthenticated, Unavailable
+from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from tests.certs import Authority
 from tests.conftest import RunningServer, serving
 
@@ -165,6 +167,30 @@ def test_tokens_never_reach_logs_or_metrics(
     assert 'code="UNAUTHENTICATED"' in metrics
     for token in (INFERENCE_TOKEN, ADMIN_TOKEN, "a-wrong-token"):
         assert token not in caplog.text and token not in metrics
+
+
+def test_a_refused_call_has_its_request_id_and_access_log_line(
+    token_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    access = logging.getLogger("convserve.access")
+    access.setLevel(logging.INFO)
+    try:
+        with (
+            caplog.at_level(logging.INFO, "convserve.access"),
+            grpc.insecure_channel(token_server.target) as channel,
+            pytest.raises(grpc.RpcError) as caught,
+        ):
+            pb_grpc.ConvServeStub(channel).ListModels(
+                pb.ListModelsRequest(), metadata=(("x-request-id", "no-token-7"),), timeout=10
+            )
+    finally:
+        access.setLevel(logging.NOTSET)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert dict(caught.value.trailing_metadata())["x-request-id"] == "no-token-7"
+    lines = [r.getMessage() for r in caplog.records if "request_id=no-token-7" in r.getMessage()]
+    assert lines == [
+        "request_id=no-token-7 method=ListModels model= version= code=UNAUTHENTICATED ms=0.0"
+    ]
 
 
 def test_the_command_line_speaks_tls_and_tokens(models_dir: Path, pki: dict[str, Any]) -> None:

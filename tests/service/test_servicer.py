@@ -20,8 +20,7 @@ async def test_feature_maps_too_big_for_one_message_are_refused_before_computing
 ) -> None:
     computed: list[int] = []
     model = SimpleNamespace(
-        layers={"conv2d": SimpleNamespace(output_shape=(26, 26, 10))},
-        check_layer=lambda layer: None,
+        feature_shape=lambda layer, pre_activation: (26, 26, 10),
         feature_map=lambda pixels, layer, pre_activation: computed.append(len(pixels)),
     )
     pixels = np.zeros((30, 28, 28, 1), np.float32)

@@ -1,25 +1,27 @@
-"""convserve.v1.ConvServe: thin methods over the shared `Engine` — decode, look up, run, encode."""
+"""convserve.v1.ConvServe: thin methods over the shared `Engine` — translate, look up, run,
+encode convserve.v1's answers."""
 
 from __future__ import annotations
 
 import json
+import weakref
 from typing import Any
 
 import grpc
-import numpy as np
 
-from convserve.api.codec import EXPLAIN_METHODS, METHOD_NAMES, layer_message, to_tensor
+from convserve.api.codec import EXPLAIN_METHODS, METHOD_NAMES, from_tensor, layer_message, to_tensor
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
 from service.errors import InvalidInput
 from service.grpc.boundary import Boundary
-from service.grpc.engine import Engine
-from service.images import from_images, is_encoded
+from service.grpc.engine import Engine, Images
 from service.model import Model
 from service.repository import Repository
+from service.responses import PredictEncoder
 
-__all__ = ["ConvServeServicer", "add_to_server", "metadata_message"]
+__all__ = ["SERVICE_NAME", "ConvServeServicer", "add_to_server"]
 
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConvServe"].full_name
 DEFAULT_TOP_K = 3
 
 
@@ -28,23 +30,27 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Made on a model's first Predict; gone with the model once no call holds it.
+        self._encoders: weakref.WeakKeyDictionary[Model, PredictEncoder] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         """Answers with the response's wire bytes (see `add_to_server`)."""
         model = self.engine.model(request.model.name, request.model.version)
-        if request.top_k < 0:
-            raise InvalidInput(f"top_k must be >= 0 (0 means {DEFAULT_TOP_K}), got {request.top_k}")
-        probabilities = await self.engine.predict(model, await self._pixels(request.images, model))
-        return self.engine.encoder(model).encode(probabilities, request.top_k or DEFAULT_TOP_K)
+        top_k = _top_k(request.top_k)
+        pixels = await self.engine.pixels(model, _images(request.images))
+        probabilities = await self.engine.predict(model, pixels)
+        return self._encoder(model).encode(probabilities, top_k)
 
     async def FeatureMap(
         self, request: pb.FeatureMapRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FeatureMapResponse:
         model = self.engine.model(request.model.name, request.model.version)
         layer = request.layer or model.default_layer
-        pixels = await self._pixels(request.images, model)
+        pixels = await self.engine.pixels(model, _images(request.images))
         activations, pre = await self.engine.feature_map(
             model, layer, pixels, request.include_pre_activation
         )
@@ -63,19 +69,17 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             raise InvalidInput(
                 f"method {request.method}: expected one of {', '.join(pb.ExplainMethod.keys())}"
             )
-        method = (
-            METHOD_NAMES[request.method] if request.HasField("method") else model.default_method
+        explanation = model.explanation(
+            METHOD_NAMES[request.method] if request.HasField("method") else "",
+            request.layer,
+            request.class_index if request.HasField("class_index") else None,
         )
-        layer = model.layer_to_explain(method, request.layer)
-        pixels = await self._pixels(request.images, model)
-        class_index = request.class_index if request.HasField("class_index") else None
-        heatmaps, classes, probabilities = await self.engine.explain(
-            model, layer, pixels, class_index, method
-        )
+        pixels = await self.engine.pixels(model, _images(request.images))
+        heatmaps, classes, probabilities = await self.engine.explain(model, pixels, explanation)
         return pb.ExplainResponse(
             model=pb.ModelSpec(name=model.name, version=model.version),
-            layer=layer_message(model.layers[layer]) if layer else None,
-            method=EXPLAIN_METHODS[method],
+            layer=layer_message(model.layers[explanation.layer]) if explanation.layer else None,
+            method=EXPLAIN_METHODS[explanation.method],
             heatmaps=to_tensor(heatmaps),
             class_indices=classes.tolist(),
             probabilities=to_tensor(probabilities),
@@ -99,7 +103,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelMetadata:
         model = self.engine.model(request.model.name, request.model.version)
-        return metadata_message(model, self.engine.repository)
+        return _metadata(model, self.engine.repository)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -118,10 +122,13 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             ]
         )
 
-    async def _pixels(self, images: pb.Images, model: Model) -> np.ndarray:
-        if is_encoded(images):
-            return await self.engine.decode(list(images.encoded.files), model)
-        return from_images(images, model.input_shape, self.engine.settings.max_images)
+    def _encoder(self, model: Model) -> PredictEncoder:
+        """Writes `model`'s Predict answers."""
+        encoder = self._encoders.get(model)
+        if encoder is None:
+            encoder = PredictEncoder(model.name, model.version, model.class_names)
+            self._encoders[model] = encoder
+        return encoder
 
 
 def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server, boundary: Boundary) -> None:
@@ -134,7 +141,27 @@ def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server, boundary
     )
 
 
-def metadata_message(model: Model, repository: Repository) -> pb.ModelMetadata:
+def _images(images: pb.Images) -> Images:
+    """convserve.v1's Images: a tensor (through the codec) or PNG/JPEG files."""
+    source = images.WhichOneof("source")
+    if source == "encoded":
+        return images.encoded.files
+    if source is None:
+        raise InvalidInput(
+            "no images: set images.tensor (uint8 or float32 pixels) "
+            "or images.encoded (PNG/JPEG files)"
+        )
+    return from_tensor(images.tensor)
+
+
+def _top_k(top_k: int) -> int:
+    """How many classes each prediction lists: `top_k`, or DEFAULT_TOP_K for 0."""
+    if top_k < 0:
+        raise InvalidInput(f"top_k must be >= 0 (0 means {DEFAULT_TOP_K}), got {top_k}")
+    return top_k or DEFAULT_TOP_K
+
+
+def _metadata(model: Model, repository: Repository) -> pb.ModelMetadata:
     meta = model.metadata
     return pb.ModelMetadata(
         model=pb.ModelSpec(name=model.name, version=model.version),

@@ -1,7 +1,8 @@
 """inference.GRPCInferenceService (the Open Inference Protocol, KServe V2) over the `Engine`.
 
-A model has one input (its metadata's input name, UINT8 or FP32 pixels 0..255, shape
-[N, 28, 28], [N, 28, 28, 1] or [N, 784]) sent as `raw_input_contents` or typed `contents`.
+A model has one input (its metadata's input name, UINT8 or FP32 pixels 0..255 of the model's
+input shape: [N, H, W, C], [N, H*W*C], or [N, H, W] for one channel) sent as
+`raw_input_contents` or typed `contents`.
 Its outputs: the probabilities (the default); every layer with a 4-D output by name, which
 returns that layer's feature maps (FeatureMap through V2); and `gradcam`, `hirescam` and
 `occlusion`, the heatmaps [N, H, W] of Explain's methods, whose requested output takes the
@@ -12,29 +13,23 @@ as little-endian bytes in `raw_output_contents`.
 from __future__ import annotations
 
 import importlib.metadata
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import numpy as np
 
-from convserve.api.codec import EXPLAIN_METHODS
+from convserve.api.codec import EXPLAIN_METHODS, from_infer_input
 from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
 from convserve.api.pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.errors import InvalidInput, NotFound, Unavailable
 from service.grpc.boundary import Boundary, Malformed
 from service.grpc.engine import Engine
-from service.model import Model
+from service.model import Explanation, Model
 
-__all__ = ["InferenceServicer", "add_to_server"]
+__all__ = ["SERVICE_NAME", "InferenceServicer", "add_to_server"]
 
 SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-# Datatype → (numpy dtype, the InferTensorContents field carrying it typed).
-DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
-    "UINT8": (np.dtype("<u1"), "uint_contents"),
-    "FP32": (np.dtype("<f4"), "fp32_contents"),
-}
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -153,10 +148,10 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                     f"model {model.name!r} has no output {output.name!r}; outputs: "
                     f"{', '.join(names)}"
                 )
-        explains = {
-            o.name: _explain_parameters(o, model) for o in outputs if o.name in EXPLAIN_METHODS
+        explanations = {
+            o.name: _explanation(o, model) for o in outputs if o.name in EXPLAIN_METHODS
         }
-        pixels = self.engine.pixels(_input_array(request, model), model)
+        pixels = await self.engine.pixels(model, _input(request, model))
         response = v2.ModelInferResponse(
             model_name=model.name, model_version=str(model.version), id=request.id
         )
@@ -164,9 +159,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             name = output.name or model.output_name
             if name == model.output_name:
                 array = await self.engine.predict(model, pixels)
-            elif name in EXPLAIN_METHODS:  # Explain's heatmaps, an output per method
-                layer, class_index = explains[name]
-                array, _, _ = await self.engine.explain(model, layer, pixels, class_index, name)
+            elif name in explanations:  # Explain's heatmaps, an output per method
+                array, _, _ = await self.engine.explain(model, pixels, explanations[name])
             else:
                 array, _ = await self.engine.feature_map(model, name, pixels)
             response.outputs.add(name=name, datatype="FP32", shape=array.shape)
@@ -183,10 +177,11 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server, boundary
     )
 
 
-def _explain_parameters(
+def _explanation(
     output: v2.ModelInferRequest.InferRequestedOutputTensor, model: Model
-) -> tuple[str, int | None]:
-    """An explanation output's parameters: (layer, class index or None)."""
+) -> Explanation:
+    """An explanation output (named by its method) with its parameters `layer` and
+    `class_index`."""
     expected = {"layer": "string_param", "class_index": "int64_param"}
     for key, value in output.parameters.items():
         if expected.get(key) != value.WhichOneof("parameter_choice"):
@@ -196,10 +191,9 @@ def _explain_parameters(
                 "expected layer (string_param) and class_index (int64_param)"
             )
     parameters = output.parameters
-    named = parameters["layer"].string_param if "layer" in parameters else ""
-    layer = model.layer_to_explain(output.name, named)
+    layer = parameters["layer"].string_param if "layer" in parameters else ""
     class_index = parameters["class_index"].int64_param if "class_index" in parameters else None
-    return layer, class_index
+    return model.explanation(output.name, layer, class_index)
 
 
 def _model_name(name: str) -> str:
@@ -219,48 +213,17 @@ def _version(text: str) -> int:
     return int(text)
 
 
-def _input_array(request: v2.ModelInferRequest, model: Model) -> np.ndarray:
-    """The request's one input tensor as an array, from raw bytes or typed contents."""
+def _input(request: v2.ModelInferRequest, model: Model) -> np.ndarray:
+    """The request's one input tensor, through the codec: raw bytes or typed contents."""
     if len(request.inputs) != 1 or request.inputs[0].name != model.input_name:
         given = ", ".join(repr(tensor.name) for tensor in request.inputs) or "none"
         raise InvalidInput(
             f"model {model.name!r} takes one input, {model.input_name!r}; the request has {given}"
         )
-    tensor = request.inputs[0]
-    if tensor.datatype not in DATATYPES:
-        raise InvalidInput(
-            f"input {tensor.name!r} has datatype {tensor.datatype!r}; expected UINT8 or FP32"
-        )
-    dtype, typed_field = DATATYPES[tensor.datatype]
-    shape = tuple(tensor.shape)
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input {tensor.name!r} has shape {list(shape)}: a negative dimension")
-    count = math.prod(shape)
-    if request.raw_input_contents:
-        if len(request.raw_input_contents) != 1:
-            raise InvalidInput(
-                f"raw_input_contents has {len(request.raw_input_contents)} entries; "
-                "expected one per input (1)"
-            )
-        data = request.raw_input_contents[0]
-        if len(data) != count * dtype.itemsize:
-            raise InvalidInput(
-                f"input {tensor.name!r} has {len(data)} bytes in raw_input_contents but shape "
-                f"{list(shape)} of {tensor.datatype} needs {count * dtype.itemsize}"
-            )
-        raw: np.ndarray = np.frombuffer(data, dtype).reshape(shape)
-        return raw
-    values = getattr(tensor.contents, typed_field)
-    if len(values) != count:
-        raise InvalidInput(
-            f"input {tensor.name!r} has {len(values)} values in contents.{typed_field} but shape "
-            f"{list(shape)} needs {count} (or send raw_input_contents)"
-        )
-    array = np.asarray(values, dtype=np.float32 if dtype.kind == "f" else np.int64)
-    if dtype.kind == "u" and count and (array.min() < 0 or array.max() > 255):
-        raise InvalidInput(f"input {tensor.name!r}: UINT8 values must be 0..255")
-    typed: np.ndarray = array.astype(dtype).reshape(shape)
-    return typed
+    raw = request.raw_input_contents
+    if len(raw) > 1:
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries; expected one per input (1)")
+    return from_infer_input(request.inputs[0], raw[0] if raw else None)
 
 
 def _stream_error(
