@@ -17,6 +17,7 @@ from convserve.artifact import Layer, Metadata
 from convserve.pictures import pyplot
 
 if TYPE_CHECKING:
+    from training.model import TrainConfig
     from training.train import TrainResult
 
 __all__ = ["REPORT_DIR", "class_figures", "write_report"]
@@ -179,30 +180,7 @@ def _save(plt: Any, figure: Any, path: Path) -> Path:
 
 def model_card(result: TrainResult, metadata: Metadata) -> str:
     """The model card: what the model is for, how it was made, how well it does, its limits."""
-    config, evaluation, training = result.config, metadata.evaluation, metadata.training
-    rows = "\n".join(
-        f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
-        f"{c['support']} |"
-        for c in evaluation["per_class"]
-    )
-    layers = "\n".join(
-        f"| {layer.name} | {layer.type} | {list(layer.output_shape)} | "
-        f"{_layer_options(layer)} | {layer.parameters:,} |"
-        for layer in metadata.layers
-    )
-    confused = _most_confused(evaluation["confusion_matrix"], result.class_names)
-    augmentation = (
-        ", ".join(
-            part
-            for part, on in (
-                ("random left-right flips", config.flip),
-                (f"random shifts up to {config.shift:g} of the size", config.shift),
-            )
-            if on
-        )
-        or "none"
-    )
-    stopped = result.stopped or f"ran all {config.epochs} epochs"
+    config = result.config
     height, width, _ = metadata.input.shape
     images = f"{height}x{width} {metadata.preprocessing.color} images"
     data, use = _data_and_use(result, metadata)
@@ -212,7 +190,37 @@ A Keras Conv2D classifier of {images} into {len(result.class_names)} classes
 ({", ".join(result.class_names)}), exported by convserve {metadata.framework["convserve"]}
 on {metadata.created_at}.
 
-## Figures (test split, {result.test_examples:,} images never used in training)
+{_figures_section(result, metadata)}
+
+## Data
+
+{data}
+Training: {result.train_examples:,} images, of which the last {config.validation_split:.0%}
+were held out for validation (early stopping and the choice of the kept epoch); the test split
+was used only for the figures above.
+
+{_training_section(result, metadata)}
+
+## Intended use and limits
+
+{use}
+- The probabilities are softmax outputs, not calibrated confidences.
+- Some classes look alike at this resolution (see "most confused"); their recall is lower.
+- Trained and measured on one dataset; nothing here says how it does on other clothing
+  photos, and Fashion-MNIST's labels themselves contain some errors.
+"""
+
+
+def _figures_section(result: TrainResult, metadata: Metadata) -> str:
+    """The model card's figures on the test split: overall, most confused, and per class."""
+    evaluation = metadata.evaluation
+    rows = "\n".join(
+        f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
+        f"{c['support']} |"
+        for c in evaluation["per_class"]
+    )
+    confused = _most_confused(evaluation["confusion_matrix"], result.class_names)
+    return f"""## Figures (test split, {result.test_examples:,} images never used in training)
 
 - **test accuracy {result.test_accuracy:.4f}**, test loss {result.test_loss:.4f}
 - {metadata.parameters:,} parameters; fit in {result.fit_seconds:,.0f} s on
@@ -224,34 +232,38 @@ on {metadata.created_at}.
 {rows}
 
 Pictures: `confusion_matrix.png`, `misclassified.png` (the most confident mistakes),
-`learning_curve.png`.
+`learning_curve.png`."""
 
-## Data
 
-{data}
-Training: {result.train_examples:,} images, of which the last {config.validation_split:.0%}
-were held out for validation (early stopping and the choice of the kept epoch); the test split
-was used only for the figures above.
-
-## Training
+def _training_section(result: TrainResult, metadata: Metadata) -> str:
+    """The model card's layers and how they were fitted."""
+    config = result.config
+    layers = "\n".join(
+        f"| {layer.name} | {layer.type} | {list(layer.output_shape)} | "
+        f"{_layer_options(layer)} | {layer.parameters:,} |"
+        for layer in metadata.layers
+    )
+    augmentation, epochs_run = _augmentation(config), metadata.training["epochs_run"]
+    stopped = result.stopped or f"ran all {config.epochs} epochs"
+    return f"""## Training
 
 | layer | type | output | options | parameters |
 |---|---|---|---|---|
 {layers}
 
 Adam, batch {config.batch_size}, learning rate {config.learning_rate:g} ({config.schedule}
-schedule), seed {config.seed}; augmentation: {augmentation}; {training["epochs_run"]} epochs
+schedule), seed {config.seed}; augmentation: {augmentation}; {epochs_run} epochs
 ({stopped}); the weights kept are those of epoch {result.best_epoch}. The whole configuration
-is `training.config` in metadata.json: `convserve train --config metadata.json` retrains it.
+is `training.config` in metadata.json: `convserve train --config metadata.json` retrains it."""
 
-## Intended use and limits
 
-{use}
-- The probabilities are softmax outputs, not calibrated confidences.
-- Some classes look alike at this resolution (see "most confused"); their recall is lower.
-- Trained and measured on one dataset; nothing here says how it does on other clothing
-  photos, and Fashion-MNIST's labels themselves contain some errors.
-"""
+def _augmentation(config: TrainConfig) -> str:
+    """The augmentations a fit applied, in words ("none" if none)."""
+    parts = (
+        ("random left-right flips", config.flip),
+        (f"random shifts up to {config.shift:g} of the size", config.shift),
+    )
+    return ", ".join(part for part, on in parts if on) or "none"
 
 
 def _data_and_use(result: TrainResult, metadata: Metadata) -> tuple[str, str]:
