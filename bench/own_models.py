@@ -38,7 +38,7 @@ from tests.own_models import (
 from training import data
 from training.importer import import_model
 from training.model import PRESETS
-from training.train import train
+from training.publish import train
 
 
 def main() -> None:

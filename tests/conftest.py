@@ -47,7 +47,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`fashion` (small preset, 10 classes), `layers` (three convs) and `cam` (global average
     pooling head), trained once per run."""
     from training.model import PRESETS, ConvLayer, ModelConfig
-    from training.train import train
+    from training.publish import train
 
     root = tmp_path_factory.mktemp("models")
     small = PRESETS["small"].replace(train_limit=3000, test_limit=1000)

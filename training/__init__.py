@@ -9,12 +9,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __all__ = [
     "commands",
     "data",
+    "errors",
     "export",
     "importer",
+    "layers",
     "model",
     "onnx_import",
     "plan",
+    "publish",
     "reference",
     "report",
+    "tf2onnx_ops",
     "train",
 ]

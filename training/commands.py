@@ -1,4 +1,4 @@
-"""training's subcommand of `convserve`: train. TensorFlow is imported only when it runs."""
+"""training's `convserve` subcommands: train, import, export-onnx; TensorFlow only when one runs."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def add_import(parser: argparse.ArgumentParser) -> None:
 
 def _run_import(args: argparse.Namespace) -> int:
     from convserve.artifact import ArtifactError, read
-    from training.export import ExportError
+    from training.errors import ExportError
     from training.importer import import_model
 
     classes = [name.strip() for name in args.classes.split(",")]
@@ -161,7 +161,8 @@ def _run_import(args: argparse.Namespace) -> int:
 def _run_export_onnx(args: argparse.Namespace) -> int:
     from convserve.artifact import ArtifactError
     from convserve.fashion_mnist import DataError
-    from training.export import ExportError, export_onnx
+    from training.errors import ExportError
+    from training.export import export_onnx
 
     try:
         path = export_onnx(args.models_dir, args.name, args.version or 0, data_dir=args.data_dir)
@@ -233,8 +234,9 @@ def _image_size(text: str) -> tuple[int, int]:
 
 def _run_train(args: argparse.Namespace) -> int:
     from convserve.fashion_mnist import DataError
+    from training.errors import ExportError
     from training.model import ConfigError
-    from training.train import ExportError, train
+    from training.publish import train
 
     try:
         path, result = train(

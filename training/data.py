@@ -23,7 +23,7 @@ from convserve import imagefiles
 from convserve.artifact import COLORS, Preprocessing
 from convserve.fashion_mnist import DataError, Dataset
 
-__all__ = ["EXTENSIONS", "Folder", "scan"]
+__all__ = ["EXTENSIONS", "PIXEL_SCALE", "Folder", "scan"]
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 Labelled = tuple[Path, int]  # an image file and its class index

@@ -9,7 +9,6 @@ runs each graph on real test images and every output must equal Keras's (see `ch
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import logging
 import os
@@ -24,26 +23,29 @@ import numpy as np
 
 from convserve import artifact, fashion_mnist
 from convserve.artifact import (
+    CLASS_INDEX,
+    CLASSES,
     EXPLAIN_FILE,
     FEATURES_FILE,
     FILTERS_FILE,
+    GRADIENT_METHODS,
     KERAS_FILE,
     ONNX_FILE,
+    ONNX_LOG_ERRORS_ONLY,
+    PIXELS,
+    PROBABILITIES,
     FileEntry,
     Metadata,
     Preprocessing,
 )
+from training.errors import ExportError
+from training.layers import activated_output, activation_name
 
 __all__ = [
-    "EXPLAIN_BATCH",
     "TOLERANCE",
-    "ExportError",
-    "activated_output",
-    "activation_name",
     "beyond_tolerance",
-    "classifier",
+    "check",
     "export_onnx",
-    "first_input",
     "random_pixels",
     "versions",
     "write_served_form",
@@ -59,17 +61,8 @@ OPSET = 17
 # global average pooling into a Reshape that ONNX Runtime refuses. The server pads to it.
 EXPLAIN_BATCH = 8
 CHECK_IMAGES = 256  # how many test images each graph is checked on
-# ONNX Runtime logs errors only: its static shape inference of the heatmaps' Resize rounds
-# 24 x 28/24 down to 27 and warns at every load, though the outputs are 28 (and checked).
-QUIET = 3
 
 Function = Callable[..., dict[str, Any]]
-
-
-class ExportError(RuntimeError):
-    """A model that cannot be published: its shapes differ from the output-size formula, a
-    served graph differs from Keras (the message names the graph and the output), or there
-    is no version or model.keras to export from."""
 
 
 def write_served_form(
@@ -86,16 +79,16 @@ def write_served_form(
             session = _convert(function, directory / file)
         except Exception as exc:  # tf2onnx and ONNX Runtime raise many kinds
             raise ExportError(f"{file}: the model does not convert to ONNX: {exc}") from exc
-        check(file, function, session, {"pixels": pixels})
+        check(file, function, session, {PIXELS: pixels})
         written.append(directory / file)
     explain = _explain_graph(prepared, directory / EXPLAIN_FILE, pixels)
     if explain is not None:
         written.append(explain)
     filters = {}
     for layer in prepared.convs:
-        filters[f"{layer.name}.kernel"] = np.asarray(layer.kernel, np.float32)
+        filters[artifact.kernel(layer.name)] = np.asarray(layer.kernel, np.float32)
         if layer.use_bias:
-            filters[f"{layer.name}.bias"] = np.asarray(layer.bias, np.float32)
+            filters[artifact.bias(layer.name)] = np.asarray(layer.bias, np.float32)
     np.savez(directory / FILTERS_FILE, **filters)  # type: ignore[arg-type]
     written.append(directory / FILTERS_FILE)
     return [FileEntry.of(path) for path in written]
@@ -108,8 +101,6 @@ def export_onnx(
     and its served form, checked on Fashion-MNIST's test images of the model's classes (on
     random pixels for models of other images): for versions written before convserve served
     ONNX. Returns the new version's directory."""
-    import datetime as dt
-
     import keras
 
     root = Path(models_dir) / name
@@ -135,7 +126,7 @@ def export_onnx(
         return dataclasses.replace(
             metadata,
             version=new_version,
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            created_at=artifact.created_now(),
             files=(FileEntry.of(directory / KERAS_FILE), *files),
             framework={**metadata.framework, **versions()},
             training={**metadata.training, "exported_from_version": metadata.version},
@@ -173,7 +164,7 @@ def check(file: str, function: Function, session: Any, feeds: dict[str, np.ndarr
             difference, allowed = excess
             raise ExportError(
                 f"{file}: output {name!r} differs from Keras by {difference:.3g} on "
-                f"{len(feeds['pixels'])} test images (allowed: {allowed:.3g})"
+                f"{len(feeds[PIXELS])} test images (allowed: {allowed:.3g})"
             )
 
 
@@ -208,7 +199,7 @@ class _Prepared:
         self._tf = tf
 
     def spec(self, batch: int | None = None) -> Any:
-        return self._tf.TensorSpec([batch, *self.shape], self._tf.float32, name="pixels")
+        return self._tf.TensorSpec([batch, *self.shape], self._tf.float32, name=PIXELS)
 
     def inputs(self, pixels: Any) -> Any:
         """pixels · scale + offset, with constants of rank 4: ONNX Runtime 1.32 broadcasts a
@@ -228,7 +219,7 @@ class _Prepared:
         if head is None:
 
             def plain(pixels: Any) -> dict[str, Any]:
-                return {"probabilities": self.model(self.inputs(pixels), training=False)}
+                return {PROBABILITIES: self.model(self.inputs(pixels), training=False)}
 
             return tf.function(plain, input_signature=[self.spec()])
         import keras
@@ -246,7 +237,7 @@ class _Prepared:
             out = dense.activation(out + dense.bias if dense.use_bias else out)
             for layer in after:
                 out = layer(out, training=False)
-            return {"probabilities": out}
+            return {PROBABILITIES: out}
 
         return tf.function(predict, input_signature=[self.spec()])
 
@@ -288,7 +279,8 @@ class _Prepared:
                 result[conv.name] = result[self.activated[conv.name].name]
             for layer, below in zip(self.convs, outputs[len(self.maps) :], strict=True):
                 pre = layer.convolution_op(below, layer.kernel)
-                result[f"{layer.name}.pre_activation"] = pre + layer.bias if layer.use_bias else pre
+                pre = pre + layer.bias if layer.use_bias else pre
+                result[artifact.pre_activation(layer.name)] = pre
             return result
 
         return self._tf.function(features, input_signature=[self.spec()])
@@ -317,19 +309,20 @@ class _Prepared:
                 # Each image's score depends on its own maps only: one gradient for the batch.
                 scores = tf.gather(logits, classes, batch_dims=1)
             gradients = tape.gradient(scores, maps)
-            result = {"probabilities": tf.nn.softmax(logits), "classes": classes}
+            result = {PROBABILITIES: tf.nn.softmax(logits), CLASSES: classes}
             for layer, activations, gradient in zip(layers, maps, gradients, strict=True):
-                # Grad-CAM weighs each channel by its mean gradient, HiResCAM each position.
+                # GRADIENT_METHODS: Grad-CAM weighs each channel by its mean gradient,
+                # HiResCAM each position.
                 mean = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)
-                for method, weights in (("gradcam", mean), ("hirescam", gradient)):
+                for method, weights in zip(GRADIENT_METHODS, (mean, gradient), strict=True):
                     cam = tf.nn.relu(tf.reduce_sum(weights * activations, -1, keepdims=True))
                     resized = tf.image.resize(cam, (height, width), method="bilinear")
-                    result[f"{layer.name}.{method}"] = resized[..., 0]
+                    result[artifact.heatmap(layer.name, method)] = resized[..., 0]
             return result
 
         signature = [
             self.spec(EXPLAIN_BATCH),
-            tf.TensorSpec([EXPLAIN_BATCH], tf.int32, name="class_index"),
+            tf.TensorSpec([EXPLAIN_BATCH], tf.int32, name=CLASS_INDEX),
         ]
         return tf.function(explain, input_signature=signature)
 
@@ -349,46 +342,6 @@ def classifier(model: Any) -> Any:
     return None
 
 
-def activated_output(model: Any, conv: Any) -> Any:
-    """The layer whose output is `conv`'s activations: `conv` itself, or for a conv without
-    an activation the activation layer that is its output's only consumer."""
-    import keras
-
-    if activation_name(conv) != "linear":
-        return conv
-    consumers = [
-        layer for layer in model.layers
-        if any(tensor is conv.output for tensor in _inputs(layer))
-    ]  # fmt: skip
-    activations = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
-                   keras.layers.ELU, keras.layers.PReLU)  # fmt: skip
-    if len(consumers) == 1 and isinstance(consumers[0], activations):
-        return consumers[0]
-    return conv
-
-
-def _inputs(layer: Any) -> list[Any]:
-    inputs = layer.input
-    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-
-
-def first_input(layer: Any) -> Any:
-    """A layer's input tensor; the first one of a layer of several (Add, Concatenate)."""
-    return _inputs(layer)[0]
-
-
-def activation_name(layer: Any) -> str:
-    """A layer's activation: "softmax" for a Softmax layer, the function's name otherwise."""
-    import keras
-
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    if isinstance(layer, keras.layers.ReLU):
-        return "relu"
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", type(layer).__name__.lower())
-
-
 def _explain_graph(prepared: _Prepared, path: Path, pixels: np.ndarray) -> Path | None:
     """The gradient explanations of every conv layer, or of the last ones whose gradients
     convert (an activation whose gradient tf2onnx cannot convert stops the layers before it),
@@ -405,7 +358,7 @@ def _explain_graph(prepared: _Prepared, path: Path, pixels: np.ndarray) -> Path 
             continue
         batch = np.resize(pixels, (EXPLAIN_BATCH, *pixels.shape[1:]))
         classes = np.arange(EXPLAIN_BATCH, dtype=np.int32) % 2 - 1  # the predicted class, 0, …
-        check(EXPLAIN_FILE, function, session, {"pixels": batch, "class_index": classes})
+        check(EXPLAIN_FILE, function, session, {PIXELS: batch, CLASS_INDEX: classes})
         return path
     log.warning("no gradient explanations (occlusion only): the gradients do not convert")
     path.unlink(missing_ok=True)
@@ -417,7 +370,9 @@ def _convert(function: Any, path: Path) -> Any:
     import onnxruntime
     import tf2onnx
 
-    _teach_tf2onnx()
+    from training import tf2onnx_ops
+
+    tf2onnx_ops.register()
     converter = logging.getLogger("tf2onnx")
     level, converter.level = converter.level, logging.CRITICAL  # failures are the caller's
     try:
@@ -428,104 +383,7 @@ def _convert(function: Any, path: Path) -> Any:
         converter.setLevel(level)
     data = graph.SerializeToString()
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = QUIET
+    options.log_severity_level = ONNX_LOG_ERRORS_ONLY
     session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     path.write_bytes(data)
     return session
-
-
-@functools.cache
-def _teach_tf2onnx() -> None:
-    """Teach tf2onnx TensorFlow ops it lacks: the gradients of relu, tanh and sigmoid, ShapeN
-    (before a conv's input gradient), MaxPoolGrad (through max pooling: each window's
-    gradient goes to its first maximum, as TensorFlow's), and Erfc (in gelu)."""
-    from tf2onnx import utils
-    from tf2onnx.handler import tf_op
-
-    def const(ctx: Any, value: Any) -> str:
-        return str(ctx.make_const(utils.make_name("const"), np.asarray(value)).output[0])
-
-    @tf_op("ReluGrad")
-    class ReluGrad:
-        @classmethod
-        def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
-            gradients, features = node.input
-            zero = const(ctx, np.float32(0))
-            positive = ctx.make_node("Greater", [features, zero]).output[0]
-            elementwise(ctx, node, "Where", [positive, gradients, zero])
-
-    def elementwise(ctx: Any, node: Any, op: str, inputs: list[str]) -> None:
-        """Replace `node` by `op` over `inputs`, keeping its name, outputs, shape and dtype."""
-        shape, dtype = ctx.get_shape(node.output[0]), ctx.get_dtype(node.output[0])
-        ctx.remove_node(node.name)
-        ctx.make_node(op, inputs, name=node.name, outputs=node.output, shapes=[shape],
-                      dtypes=[dtype])  # fmt: skip
-
-    @tf_op("TanhGrad")
-    class TanhGrad:  # (y, dy) → dy · (1 − y²)
-        @classmethod
-        def version_7(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
-            y, dy = node.input
-            square = ctx.make_node("Mul", [y, y]).output[0]
-            slope = ctx.make_node("Sub", [const(ctx, np.float32(1)), square]).output[0]
-            elementwise(ctx, node, "Mul", [dy, slope])
-
-    @tf_op("SigmoidGrad")
-    class SigmoidGrad:  # (y, dy) → dy · y · (1 − y)
-        @classmethod
-        def version_7(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
-            y, dy = node.input
-            rest = ctx.make_node("Sub", [const(ctx, np.float32(1)), y]).output[0]
-            slope = ctx.make_node("Mul", [y, rest]).output[0]
-            elementwise(ctx, node, "Mul", [dy, slope])
-
-    @tf_op("Erfc")
-    class Erfc:  # x → 1 − erf(x): in gelu, which ONNX has no Erfc for
-        @classmethod
-        def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
-            erf = ctx.make_node("Erf", [node.input[0]]).output[0]
-            elementwise(ctx, node, "Sub", [const(ctx, np.float32(1)), erf])
-
-    @tf_op("ShapeN")
-    class ShapeN:
-        @classmethod
-        def version_1(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
-            for tensor, output in zip(node.input, node.output, strict=True):
-                shape = ctx.make_node("Shape", [tensor]).output[0]
-                cast = ctx.make_node("Cast", [shape], attr={"to": ctx.get_dtype(output)})
-                ctx.replace_all_inputs(output, cast.output[0])
-            ctx.remove_node(node.name)
-
-    @tf_op("MaxPoolGrad")
-    class MaxPoolGrad:
-        @classmethod
-        def version_11(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
-            utils.make_sure(
-                node.get_attr_str("padding") == "VALID"
-                and node.get_attr_str("data_format") == "NHWC",
-                "MaxPoolGrad: only padding VALID, NHWC",
-            )
-            original, _, gradients = node.input
-            shape, dtype = ctx.get_shape(node.output[0]), ctx.get_dtype(node.output[0])
-            first = ctx.make_node("Transpose", [original], attr={"perm": [0, 3, 1, 2]}).output[0]
-            pool = ctx.make_node(
-                "MaxPool", [first], output_count=2,
-                attr={"kernel_shape": node.get_attr_value("ksize")[1:3],
-                      "strides": node.get_attr_value("strides")[1:3]},
-            )  # fmt: skip
-            flat = const(ctx, np.array([-1], np.int64))
-            indices = ctx.make_node("Reshape", [pool.output[1], flat]).output[0]
-            routed = ctx.make_node("Transpose", [gradients], attr={"perm": [0, 3, 1, 2]})
-            updates = ctx.make_node("Reshape", [routed.output[0], flat]).output[0]
-            zeros = ctx.make_node("Mul", [first, const(ctx, np.float32(0))]).output[0]
-            flat_zeros = ctx.make_node("Reshape", [zeros, flat]).output[0]
-            scattered = ctx.make_node(
-                "ScatterElements", [flat_zeros, indices, updates], attr={"axis": 0}
-            ).output[0]
-            first_shape = ctx.make_node("Shape", [first]).output[0]
-            result = ctx.make_node("Reshape", [scattered, first_shape]).output[0]
-            ctx.remove_node(node.name)
-            ctx.make_node(
-                "Transpose", [result], attr={"perm": [0, 2, 3, 1]}, name=node.name,
-                outputs=node.output, shapes=[shape], dtypes=[dtype],
-            )  # fmt: skip

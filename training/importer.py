@@ -7,7 +7,6 @@ Everything that cannot be served is refused, with what was found, before a versi
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import zipfile
@@ -17,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from convserve import artifact
-from convserve.artifact import KERAS_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
-from training.export import ExportError, random_pixels, versions, write_served_form
+from convserve.artifact import KERAS_FILE, FileEntry, Layer, Metadata, Preprocessing
+from training.errors import ExportError
+from training.export import random_pixels, versions, write_served_form
+from training.layers import activation_name, describe_layers
 
 __all__ = ["FORMATS", "import_model"]
 
@@ -64,16 +65,14 @@ def import_model(
 
     def build(directory: Path, version: int) -> Metadata:
         found = served(source, directory, len(classes), scale, offset)
-        return Metadata(
+        return Metadata.new(
             name=name,
             version=version,
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             classes=classes,
-            input=TensorSpec("images", found.input_shape),
-            output=TensorSpec("probabilities", (len(classes),)),
+            input_shape=found.input_shape,
             preprocessing=Preprocessing.for_channels(found.input_shape[2], scale, offset),
-            files=tuple(found.files),
-            layers=tuple(found.layers),
+            files=found.files,
+            layers=found.layers,
             parameters=found.parameters,
             framework=versions(),
             origin=origin | found.origin,
@@ -99,8 +98,6 @@ def _keras(source: Path, directory: Path, classes: int, scale: float, offset: fl
     """A Keras model: its served form as for a trained model (ONNX graphs checked against
     Keras, Grad-CAM where the gradients export), plus model.keras for `convserve export-onnx`."""
     import keras
-
-    from training.train import describe_layers
 
     try:
         model = keras.models.load_model(source, compile=False)
@@ -142,8 +139,6 @@ def _keras_input_shape(source: Path, model: Any) -> tuple[int, int, int]:
 
 
 def _ends_in_softmax(model: Any) -> bool:
-    from training.export import activation_name
-
     return activation_name(model.layers[-1]) == "softmax"
 
 

@@ -20,15 +20,20 @@ import onnx
 import onnxruntime
 from onnx import helper, numpy_helper
 
+from convserve import artifact
 from convserve.artifact import (
     FEATURES_FILE,
     FILTERS_FILE,
     ONNX_FILE,
+    ONNX_LOG_ERRORS_ONLY,
+    PIXELS,
+    PROBABILITIES,
     FileEntry,
     Layer,
     Preprocessing,
 )
-from training.export import QUIET, ExportError, beyond_tolerance
+from training.errors import ExportError
+from training.export import beyond_tolerance
 from training.reference import output_size, same_padding
 
 __all__ = ["ACTIVATIONS", "ImportedOnnx", "write_onnx_served_form"]
@@ -38,7 +43,6 @@ ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu",
                          "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Clip", "Gelu",
                          "Mish"})  # fmt: skip
 CHECK_IMAGES = 16  # seeded random images the graphs are checked on, with an all-0 and all-255
-PRE_ACTIVATION = ".pre_activation"
 TO_NCHW, TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 FLOAT = onnx.TensorProto.FLOAT
 FLOAT_TYPES = {FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
@@ -73,6 +77,11 @@ class _Conv:
     def output(self) -> str:
         """The tensor the layer shows: the activation's output, else the convolution's."""
         return (self.activation or self.node).output[0]
+
+    @property
+    def feature_names(self) -> tuple[str, str]:
+        """The names of its outputs in features.onnx: its maps and its pre-activations."""
+        return self.name, artifact.pre_activation(self.name)
 
 
 @dataclass(frozen=True)
@@ -125,18 +134,18 @@ def write_onnx_served_form(
     elif ending != "Softmax":
         exp = np.exp(outputs - outputs.max(axis=1, keepdims=True))
         outputs = exp / exp.sum(axis=1, keepdims=True)
-    _check(f"{source} → {ONNX_FILE}", served, pixels, {"probabilities": outputs})
+    _check(f"{source} → {ONNX_FILE}", served, pixels, {PROBABILITIES: outputs})
     features = _features(served, read.convs, layers, renames)
     maps = {}
     for conv in read.convs:
-        maps[conv.name + PRE_ACTIVATION] = found[conv.node.output[0]].transpose(TO_NHWC)
+        maps[artifact.pre_activation(conv.name)] = found[conv.node.output[0]].transpose(TO_NHWC)
         maps[conv.name] = found[conv.output].transpose(TO_NHWC)
     _check(f"{source} → {FEATURES_FILE}", features, pixels, maps)
 
     (directory / ONNX_FILE).write_bytes(served.SerializeToString())
     (directory / FEATURES_FILE).write_bytes(features.SerializeToString())
-    filters = {f"{conv.name}.kernel": conv.weight.transpose(2, 3, 1, 0) for conv in read.convs}
-    filters |= {f"{conv.name}.bias": conv.bias for conv in read.convs if conv.bias is not None}
+    filters = {artifact.kernel(conv.name): conv.weight.transpose(2, 3, 1, 0) for conv in read.convs}
+    filters |= {artifact.bias(conv.name): conv.bias for conv in read.convs if conv.bias is not None}
     np.savez(directory / FILTERS_FILE, **filters)  # type: ignore[arg-type]
     model = read.model
     return ImportedOnnx(
@@ -247,7 +256,7 @@ def _convs(source: Path, graph: onnx.GraphProto) -> list[_Conv]:
         weight_array = numpy_helper.to_array(weight).astype(np.float32)
         bias_array = None if bias is None else numpy_helper.to_array(bias).astype(np.float32)
         convs.append(_Conv(name, node, weight_array, bias_array, activation))
-    names = [name for conv in convs for name in (conv.name, conv.name + PRE_ACTIVATION)]
+    names = [name for conv in convs for name in conv.feature_names]
     for name in names:
         if names.count(name) > 1:
             raise ExportError(
@@ -311,8 +320,8 @@ def _wrap(
     source's tensors it renamed, and the op that ends the source (looking through Identity)."""
     served = copy.deepcopy(read.model)
     graph = served.graph
-    ours = {"pixels", "probabilities"}
-    ours |= {name for conv in read.convs for name in (conv.name, conv.name + PRE_ACTIVATION)}
+    ours = {PIXELS, PROBABILITIES}
+    ours |= {name for conv in read.convs for name in conv.feature_names}
     # The source's input and output, and any tensor named as one of ours, get fresh names.
     names = _tensor_names(graph)
     taken = names | ours
@@ -328,7 +337,7 @@ def _wrap(
     front: list[onnx.NodeProto] = []
 
     def then(op: str, *inputs: str, **attributes: Any) -> None:
-        previous = front[-1].output[0] if front else "pixels"
+        previous = front[-1].output[0] if front else PIXELS
         output = _fresh(op.lower(), taken)
         front.append(helper.make_node(op, [previous, *inputs], [output], **attributes))
 
@@ -349,16 +358,16 @@ def _wrap(
     front[-1].output[0] = renames[read.input]
     op = {"Softmax": "Identity", "LogSoftmax": "Exp"}.get(ending, "Softmax")
     axis: dict[str, Any] = {"axis": -1} if op == "Softmax" else {}
-    head = helper.make_node(op, [renames[read.output]], ["probabilities"], **axis)
+    head = helper.make_node(op, [renames[read.output]], [PROBABILITIES], **axis)
     nodes = [*constants, *front, *graph.node, head]
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [value for value in graph.input if value.name != renames[read.input]]
     del graph.input[:]
-    pixels = helper.make_tensor_value_info("pixels", FLOAT, ["N", *read.input_shape])
+    pixels = helper.make_tensor_value_info(PIXELS, FLOAT, ["N", *read.input_shape])
     graph.input.extend([pixels, *kept])
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info("probabilities", FLOAT, ["N", classes]))
+    graph.output.append(helper.make_tensor_value_info(PROBABILITIES, FLOAT, ["N", classes]))
     return served, renames, ending
 
 
@@ -373,7 +382,7 @@ def _features(
     del graph.output[:]
     for conv, layer in zip(convs, layers, strict=True):
         for name, tensor in (
-            (conv.name + PRE_ACTIVATION, conv.node.output[0]),
+            (artifact.pre_activation(conv.name), conv.node.output[0]),
             (conv.name, conv.output),
         ):
             graph.node.append(
@@ -397,7 +406,7 @@ def _prune(graph: onnx.GraphProto) -> None:
             kept.append(node)
             needed.update(node.input, *map(_tensor_names, _subgraphs(node)))
     initializers = [init for init in graph.initializer if init.name in needed]
-    inputs = [value for value in graph.input if value.name == "pixels" or value.name in needed]
+    inputs = [value for value in graph.input if value.name == PIXELS or value.name in needed]
     del graph.node[:], graph.initializer[:], graph.input[:]
     graph.node.extend(reversed(kept))
     graph.initializer.extend(initializers)
@@ -416,9 +425,9 @@ def _run(
 ) -> list[np.ndarray]:
     """ONNX Runtime's outputs `names` of `model`; ExportError if it cannot load or run it."""
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = QUIET
+    options.log_severity_level = ONNX_LOG_ERRORS_ONLY
     quiet = onnxruntime.RunOptions()
-    quiet.log_severity_level = QUIET + 1  # a failed run is the ExportError's to tell
+    quiet.log_severity_level = ONNX_LOG_ERRORS_ONLY + 1  # a failed run is the ExportError's to tell
     try:
         session = onnxruntime.InferenceSession(
             model.SerializeToString(), options, providers=["CPUExecutionProvider"]
@@ -438,7 +447,7 @@ def _check(
     names = list(expected)
     if not names:  # ONNX Runtime would run every output
         return
-    for name, actual in zip(names, _run(what, model, {"pixels": pixels}, names), strict=True):
+    for name, actual in zip(names, _run(what, model, {PIXELS: pixels}, names), strict=True):
         if (excess := beyond_tolerance(actual, expected[name])) is not None:
             difference, allowed = excess
             raise ExportError(

@@ -1,9 +1,8 @@
-"""Fit a configured model on Fashion-MNIST, evaluate it, and publish a versioned artifact."""
+"""Fit a configured model on Fashion-MNIST or a folder of images; evaluate it on the test split."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import functools
 import os
 import sys
@@ -14,34 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convserve import artifact, fashion_mnist
-from convserve.artifact import KERAS_FILE, FileEntry, Layer, Metadata, Preprocessing, TensorSpec
+from convserve import fashion_mnist
+from convserve.artifact import Preprocessing
 from training import data
-from training.export import (
-    ExportError,
-    activated_output,
-    activation_name,
-    first_input,
-    versions,
-    write_served_form,
-)
 from training.model import TrainConfig, build_model, infer_shapes
-from training.reference import output_size, same_padding
-from training.report import REPORT_DIR, class_figures, write_report
 
 if TYPE_CHECKING:
     import keras
 
-__all__ = [
-    "ExportError",
-    "TrainResult",
-    "build_metadata",
-    "describe_layers",
-    "export",
-    "fit",
-    "preprocess",
-    "train",
-]
+__all__ = ["PREPROCESSING", "TrainResult", "fit", "preprocess"]
 
 PIXEL_SCALE = data.PIXEL_SCALE
 PREPROCESSING = Preprocessing.for_channels(1, PIXEL_SCALE)  # Fashion-MNIST's
@@ -238,134 +218,3 @@ def _pipeline(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> An
         augment = keras.Sequential(layers)
         dataset = dataset.map(lambda x, y: (augment(x, training=True), y))
     return dataset.prefetch(2)
-
-
-def describe_layers(model: keras.Model) -> list[Layer]:
-    """Every layer's name, type and shapes; for Conv2D also its kernel, strides, padding, dilation.
-
-    Each conv layer's output shape is checked against O = floor((I − K_eff + 2P) / S) + 1.
-    """
-    layers = []
-    for layer in model.layers:
-        if layer.__class__.__name__ == "InputLayer":
-            continue
-        described = Layer(
-            name=layer.name,
-            type=layer.__class__.__name__,
-            input_shape=tuple(int(d) for d in first_input(layer).shape[1:]),
-            output_shape=tuple(int(d) for d in layer.output.shape[1:]),
-            parameters=int(layer.count_params()),
-        )
-        if described.is_conv:  # its activation: its own, or the activation layer after it
-            activation = activation_name(activated_output(model, layer))
-            described = _describe_conv(layer, described, activation)
-        layers.append(described)
-    return layers
-
-
-def _describe_conv(layer: Any, described: Layer, activation: str) -> Layer:
-    kernel, strides, dilation = layer.kernel_size, layer.strides, layer.dilation_rate
-    axes = list(zip(described.input_shape[:2], kernel, strides, dilation, strict=True))
-    padding_amount = [
-        same_padding(size, k, s, d) if layer.padding == "same" else (0, 0) for size, k, s, d in axes
-    ]
-    expected = (
-        *(output_size(size, k, s, layer.padding, d) for size, k, s, d in axes),
-        layer.filters,
-    )
-    if expected != described.output_shape:
-        raise ExportError(
-            f"layer {layer.name}: Keras output shape {list(described.output_shape)} differs from "
-            f"the output-size formula's {list(expected)}"
-        )
-    return dataclasses.replace(
-        described,
-        filters=int(layer.filters),
-        kernel_size=tuple(kernel),
-        strides=tuple(strides),
-        padding=layer.padding,
-        padding_amount=(*padding_amount[0], *padding_amount[1]),
-        dilation_rate=tuple(dilation),
-        activation=activation,
-    )
-
-
-def build_metadata(
-    result: TrainResult, name: str, version: int, files: list[FileEntry]
-) -> Metadata:
-    """The self-description a server needs to serve the model and a person needs to trust it."""
-    config = result.config
-    evaluation: dict[str, Any] = {
-        "test_accuracy": result.test_accuracy,
-        "test_loss": result.test_loss,
-        "test_examples": result.test_examples,
-    }
-    if result.test_labels is not None and result.test_probabilities is not None:
-        predicted = result.test_probabilities.argmax(axis=1)
-        evaluation |= class_figures(result.test_labels, predicted, result.class_names)
-    return Metadata(
-        name=name,
-        version=version,
-        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        classes=result.class_names,
-        input=TensorSpec("images", tuple(config.model.input_shape)),
-        output=TensorSpec("probabilities", (len(result.class_names),)),
-        preprocessing=result.preprocessing,
-        origin={"kind": "trained", "data": result.data_source},
-        training={
-            "config": config.to_dict(),
-            "seed": config.seed,
-            "train_examples": result.train_examples,
-            "data_source": result.data_source,
-            "fit_seconds": round(result.fit_seconds, 3),
-            "epochs_run": result.epochs_run,
-            "stopped": result.stopped,
-            "best_epoch": result.best_epoch,
-            "history": result.history,
-        },
-        evaluation=evaluation,
-        parameters=int(result.model.count_params()),
-        framework=versions(),
-        files=tuple(files),
-        layers=tuple(describe_layers(result.model)),
-    )
-
-
-def export(
-    result: TrainResult, models_dir: str | os.PathLike[str], name: str, *, report: bool = True
-) -> Path:
-    """Publish models/<name>/<version>/ (the next integer version) and return its path; with
-    `report`, also the evaluation report in its report/ directory (see training.report)."""
-
-    files: list[FileEntry] = []
-    test_images = result.test_images
-    assert test_images is not None, "the served graphs are checked on the test images"
-
-    def build(directory: Path, version: int) -> Metadata:
-        if not files:  # not on a second try, after another export took the version
-            result.model.save(directory / KERAS_FILE)
-            files.append(FileEntry.of(directory / KERAS_FILE))
-            files.extend(
-                write_served_form(result.model, directory, result.preprocessing, test_images)
-            )
-        metadata = build_metadata(result, name, version, files)
-        if report:
-            write_report(result, directory / REPORT_DIR, metadata)
-        return metadata
-
-    return artifact.publish(models_dir, name, build)
-
-
-def train(
-    config: TrainConfig,
-    *,
-    name: str,
-    models_dir: str | os.PathLike[str],
-    data_dir: str | os.PathLike[str] | None = None,
-    verbose: int | None = None,
-    report: bool = True,
-) -> tuple[Path, TrainResult]:
-    """Fit, evaluate and export; returns the new version's directory and the fit's figures."""
-    artifact.check_name(name)
-    result = fit(config, data_dir=data_dir, verbose=verbose)
-    return export(result, models_dir, name, report=report), result

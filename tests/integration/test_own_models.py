@@ -31,10 +31,10 @@ from tests.own_models import (
     write_folder,
 )
 from training import data
-from training.export import ExportError
+from training.errors import ExportError
 from training.importer import import_model
 from training.model import PRESETS
-from training.train import train
+from training.publish import train
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import pytest
 
 from convserve import artifact, fashion_mnist
 from tests.conftest import as_format_1
-from training.export import TOLERANCE, ExportError, check, write_served_form
+from training.errors import ExportError
+from training.export import TOLERANCE, check, write_served_form
 from training.model import ConvLayer, ModelConfig, build_model
 from training.reference import conv2d
 from training.train import PREPROCESSING

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convserve import artifact
 from convserve.artifact import FEATURES_FILE, FILTERS_FILE, ONNX_FILE, Preprocessing
-from training.export import TOLERANCE, ExportError
+from training.errors import ExportError
+from training.export import TOLERANCE
 from training.onnx_import import ImportedOnnx, write_onnx_served_form
 from training.reference import conv2d
 

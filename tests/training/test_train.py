@@ -10,7 +10,8 @@ import pytest
 
 from convserve import fashion_mnist
 from convserve.artifact import ArtifactError, sha256_file
-from training import train
+from training import publish, train
+from training.layers import describe_layers
 from training.model import PRESETS, ConfigError, ConvLayer, ModelConfig
 from training.reference import conv2d
 
@@ -24,7 +25,7 @@ SMALL = PRESETS["small"].replace(train_limit=2000, test_limit=500)
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, train.TrainResult]:
     models_dir = tmp_path_factory.mktemp("models")
     config = SMALL.replace(classes=("Trouser", "Bag", "Sneaker"))
-    return train.train(config, name="fashion", models_dir=models_dir, verbose=0)
+    return publish.train(config, name="fashion", models_dir=models_dir, verbose=0)
 
 
 def test_export_writes_a_versioned_artifact(exported: tuple[Path, train.TrainResult]) -> None:
@@ -99,8 +100,8 @@ def test_first_conv_layer_computes_the_reference_convolution(
 
 def test_versions_increase(tmp_path: Path) -> None:
     result = train.fit(SMALL.replace(train_limit=200, test_limit=100), verbose=0)
-    first = train.export(result, tmp_path, "m")
-    second = train.export(result, tmp_path, "m")
+    first = publish.export(result, tmp_path, "m")
+    second = publish.export(result, tmp_path, "m")
     assert (first.name, second.name) == ("1", "2")
 
 
@@ -117,21 +118,21 @@ def test_failed_export_leaves_no_version(tmp_path: Path, monkeypatch: pytest.Mon
     def crash(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(train, "build_metadata", crash)
+    monkeypatch.setattr(publish, "build_metadata", crash)
     with pytest.raises(OSError, match="disk full"):
-        train.export(result, tmp_path, "m")
+        publish.export(result, tmp_path, "m")
     assert not (tmp_path / "m").exists()  # not even the model's folder, which it created
 
 
 def test_bad_model_name_is_rejected_before_training(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"model name '\.\./x'"):
-        train.train(SMALL, name="../x", models_dir=tmp_path)
+        publish.train(SMALL, name="../x", models_dir=tmp_path)
 
 
 def test_padding_and_dilation_are_recorded(tmp_path: Path) -> None:
     stack = (ConvLayer(2, 4, padding="same"), ConvLayer(2, 3, dilation_rate=2))
     config = SMALL.replace(train_limit=200, test_limit=100, model=ModelConfig(conv=stack))
-    layers = train.describe_layers(train.fit(config, verbose=0).model)
+    layers = describe_layers(train.fit(config, verbose=0).model)
     assert layers[0].padding_amount == (1, 2, 1, 2) and layers[0].output_shape == (28, 28, 2)
     assert layers[1].dilation_rate == (2, 2) and layers[1].output_shape == (24, 24, 2)
 
