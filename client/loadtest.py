@@ -147,81 +147,104 @@ def _run_share(plan: Plan, step: Step, slot: int, budget: int | None) -> dict[st
     return asyncio.run(_run_async(plan, step, slot, budget))
 
 
-async def _run_async(plan: Plan, step: Step, slot: int, budget: int | None) -> dict[str, Any]:
-    tls, ca_cert, client_cert, client_key = plan.tls
-    credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
-    metadata = (("authorization", f"Bearer {plan.token}"),) if plan.token else None
-    width = step.concurrency or max(1, int((step.rate or 1) * 0.05))  # expected in flight
-    channels = [
-        open_channel(grpc.aio, plan.target, credentials)
-        for _ in range(max(1, math.ceil(width / STREAMS_PER_CHANNEL)))
-    ]
-    methods = [
-        [channel.unary_unary(path, None, None) for path, _, _ in plan.calls] for channel in channels
-    ]
-    loop = asyncio.get_running_loop()
+class _Load:
+    """One process's share of a step on its own event loop: its channels, its calls, what it
+    has recorded."""
 
-    async def call(index: int, started: float, record: bool) -> None:
-        which = index % len(plan.calls)
+    def __init__(self, plan: Plan, step: Step, slot: int) -> None:
+        self.plan, self.step, self.slot = plan, step, slot
+        tls, ca_cert, client_cert, client_key = plan.tls
+        credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
+        self.metadata = (("authorization", f"Bearer {plan.token}"),) if plan.token else None
+        width = step.concurrency or max(1, int((step.rate or 1) * 0.05))  # expected in flight
+        self.channels = [
+            open_channel(grpc.aio, plan.target, credentials)
+            for _ in range(max(1, math.ceil(width / STREAMS_PER_CHANNEL)))
+        ]
+        self.methods = [
+            [channel.unary_unary(path, None, None) for path, _, _ in plan.calls]
+            for channel in self.channels
+        ]
+        self.loop = asyncio.get_running_loop()
+        self.latencies: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.images = 0
+        self.sent_at = 0.0  # when an open loop sent its last call
+
+    async def run(self, until: float, budget: int | None, record: bool) -> None:
+        """Send calls until `until` (loop time) or `budget` calls, recording them or not."""
+        if self.step.concurrency is not None:
+            await self._closed(until, budget, record)
+        else:
+            await self._opened(until, budget, record)
+
+    async def _call(self, index: int, started: float, record: bool) -> None:
+        plan, which = self.plan, index % len(self.plan.calls)
         try:
-            await methods[index % len(channels)][which](
-                plan.calls[which][1], timeout=plan.timeout, metadata=metadata
+            await self.methods[index % len(self.channels)][which](
+                plan.calls[which][1], timeout=plan.timeout, metadata=self.metadata
             )
             outcome = "OK"
         except grpc.RpcError as error:
             outcome = error.code().name
         if record:
             if outcome == "OK":
-                latencies.append(loop.time() - started)
-                images[0] += plan.calls[which][2]
+                self.latencies.append(self.loop.time() - started)
+                self.images += plan.calls[which][2]
             else:
-                errors[outcome] += 1
-            _progress[slot] += 1
+                self.errors[outcome] += 1
+            _progress[self.slot] += 1
 
-    async def closed(until: float, budget: int | None, record: bool) -> None:
-        calls = itertools.count()
+    async def _closed(self, until: float, budget: int | None, record: bool) -> None:
+        """A closed loop: `step.concurrency` callers, each sending its next call on an answer."""
+        calls, loop = itertools.count(), self.loop
 
-        async def worker() -> None:
+        async def caller() -> None:
             while loop.time() < until:
                 index = next(calls)
                 if budget is not None and index >= budget:
                     return
-                await call(index, loop.time(), record)
+                await self._call(index, loop.time(), record)
 
-        await asyncio.gather(*(worker() for _ in range(step.concurrency or 0)))
+        await asyncio.gather(*(caller() for _ in range(self.step.concurrency or 0)))
 
-    async def opened(until: float, budget: int | None, record: bool) -> None:
-        rate = step.rate or 1.0
+    async def _opened(self, until: float, budget: int | None, record: bool) -> None:
+        """An open loop: calls sent at `step.rate` (Poisson or evenly spaced), answered or not;
+        latency counts from when each call was due."""
+        rate, loop = self.step.rate or 1.0, self.loop
         calls = itertools.count()
         tasks, intended, sent = [], loop.time(), 0
         while intended < until and (budget is None or sent < budget):
-            gap = random.expovariate(rate) if plan.distribution == "poisson" else 1 / rate
+            gap = random.expovariate(rate) if self.plan.distribution == "poisson" else 1 / rate
             intended += gap
             delay = intended - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(call(next(calls), intended, record)))
+            tasks.append(asyncio.ensure_future(self._call(next(calls), intended, record)))
             sent += 1
-        sent_at[0] = loop.time()
+        self.sent_at = loop.time()
         await asyncio.gather(*tasks)
 
-    run = closed if step.concurrency is not None else opened
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    images, sent_at = [0], [0.0]
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close(None)
+
+
+async def _run_async(plan: Plan, step: Step, slot: int, budget: int | None) -> dict[str, Any]:
+    load = _Load(plan, step, slot)
+    loop = load.loop
     if plan.warmup > 0:
-        await run(loop.time() + plan.warmup, None, False)
+        await load.run(loop.time() + plan.warmup, None, False)
     cpu, start = time.process_time(), loop.time()
-    await run(math.inf if budget is not None else start + plan.duration, budget, True)
+    await load.run(math.inf if budget is not None else start + plan.duration, budget, True)
     end = loop.time()
-    for channel in channels:
-        await channel.close(None)
+    await load.close()
     return {
-        "latencies": np.array(latencies) * 1000,
-        "errors": errors,
-        "images": images[0],
+        "latencies": np.array(load.latencies) * 1000,
+        "errors": load.errors,
+        "images": load.images,
         "seconds": end - start,
-        "send_seconds": (sent_at[0] or end) - start,
+        "send_seconds": (load.sent_at or end) - start,
         "cpu": time.process_time() - cpu,
     }
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import typing
 from collections.abc import Sequence
@@ -143,17 +144,20 @@ def supervise(settings: Any) -> int:
     One Python process tops out at one core (the event loop); the kernel spreads incoming
     connections over processes bound with SO_REUSEPORT (grpc's default on Linux).
     """
-    import subprocess
+    if settings.port == 0:
+        print("convserve serve: error: --workers > 1 needs a fixed --port", file=sys.stderr)
+        return 2
+    return _wait(_start_workers(settings))
 
+
+def _start_workers(settings: Any) -> list[subprocess.Popen[bytes]]:
+    """One `python -m service` per worker, each told every setting through the environment;
+    with --cpu-affinity, worker i pinned to the i-th CPU (and told all the server's CPUs)."""
     from pydantic import SecretStr
 
     from service.cpus import SERVER_CPUS_ENV, worker_cpus
     from service.settings import WORKER_ENV
 
-    log = logging.getLogger(__name__)
-    if settings.port == 0:
-        print("convserve serve: error: --workers > 1 needs a fixed --port", file=sys.stderr)
-        return 2
     base = {  # every setting, as the workers read it from the environment
         f"CONVSERVE_{name.upper()}": str(
             value.get_secret_value() if isinstance(value, SecretStr) else value
@@ -174,6 +178,18 @@ def supervise(settings: Any) -> int:
         children.append(
             subprocess.Popen([sys.executable, "-m", "service"], env=env, preexec_fn=pin)
         )
+    logging.getLogger(__name__).info(
+        "started %d workers: pids %s%s",
+        len(children),
+        [c.pid for c in children],
+        f", pinned to CPUs {cpus}" if cpus else "",
+    )
+    return children
+
+
+def _wait(children: list[subprocess.Popen[bytes]]) -> int:
+    """Forward SIGTERM/SIGINT to the workers and wait for them all; a worker that exits on
+    its own takes the others down. The exit code: the largest of theirs."""
     stopping = False
 
     def forward(signum: int, frame: object) -> None:
@@ -185,18 +201,14 @@ def supervise(settings: Any) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
-    log.info(
-        "started %d workers: pids %s%s",
-        len(children),
-        [c.pid for c in children],
-        f", pinned to CPUs {cpus}" if cpus else "",
-    )
     codes: list[int] = []
     while len(codes) < len(children):
         pid, status = os.wait()
         codes.append(os.waitstatus_to_exitcode(status))
         if not stopping:  # a worker died on its own: take the others down, report failure
-            log.error("worker %d exited with %d; stopping the others", pid, codes[-1])
+            logging.getLogger(__name__).error(
+                "worker %d exited with %d; stopping the others", pid, codes[-1]
+            )
             forward(signal.SIGTERM, None)
             codes[-1] = codes[-1] or 1
     return max(codes, key=abs)
