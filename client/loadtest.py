@@ -40,7 +40,7 @@ from client.client import (
 )
 
 __all__ = [
-    "Plan",
+    "LoadPlan",
     "Step",
     "StepResult",
     "build_calls",
@@ -59,7 +59,7 @@ STREAMS_PER_CHANNEL = 32
 
 
 @dataclass(frozen=True)
-class Plan:
+class LoadPlan:
     """What to send, where, and how: shared by every step and every generator process."""
 
     target: str
@@ -141,7 +141,7 @@ def _share_progress(progress: Any) -> None:
     _progress = progress
 
 
-def _run_share(plan: Plan, step: Step, slot: int, budget: int | None) -> dict[str, Any]:
+def _run_share(plan: LoadPlan, step: Step, slot: int, budget: int | None) -> dict[str, Any]:
     """One process's part of a step (`budget` calls, or `plan.duration`): warm-up, then the
     measured run."""
     return asyncio.run(_run_async(plan, step, slot, budget))
@@ -151,7 +151,7 @@ class _Load:
     """One process's share of a step on its own event loop: its channels, its calls, what it
     has recorded."""
 
-    def __init__(self, plan: Plan, step: Step, slot: int) -> None:
+    def __init__(self, plan: LoadPlan, step: Step, slot: int) -> None:
         self.plan, self.step, self.slot = plan, step, slot
         tls, ca_cert, client_cert, client_key = plan.tls
         credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
@@ -230,7 +230,7 @@ class _Load:
             await channel.close(None)
 
 
-async def _run_async(plan: Plan, step: Step, slot: int, budget: int | None) -> dict[str, Any]:
+async def _run_async(plan: LoadPlan, step: Step, slot: int, budget: int | None) -> dict[str, Any]:
     load = _Load(plan, step, slot)
     loop = load.loop
     if plan.warmup > 0:
@@ -250,7 +250,7 @@ async def _run_async(plan: Plan, step: Step, slot: int, budget: int | None) -> d
 
 
 def run_steps(
-    plan: Plan, steps: list[Step], processes: int = 1, show: bool = True
+    plan: LoadPlan, steps: list[Step], processes: int = 1, show: bool = True
 ) -> list[StepResult]:
     """Run each step from `processes` generator processes; print a progress line meanwhile."""
     context = multiprocessing.get_context("spawn")
@@ -435,7 +435,7 @@ def main(args: argparse.Namespace, images: np.ndarray | list[bytes]) -> int:
     """`convserve loadtest` with its parsed `args`, sending `images` (pixels or files)."""
     calls = build_calls(args.api, args.workload, images, args.batch, args.model, args.version,
                         args.layer)  # fmt: skip
-    plan = Plan(
+    plan = LoadPlan(
         target=args.target, calls=calls, timeout=args.timeout, warmup=args.warmup,
         duration=args.duration, requests=args.requests, distribution=args.distribution,
         token=args.token,
