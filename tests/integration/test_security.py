@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -148,20 +149,23 @@ def test_reflection_is_behind_the_tokens(token_server: RunningServer) -> None:
     assert "convserve.v1.ConvServe" in str(answer.list_services_response)
 
 
+@pytest.fixture
+def access_log() -> Iterator[None]:
+    """The access log on, as --access-log turns it on."""
+    access = logging.getLogger("convserve.access")
+    access.setLevel(logging.INFO)
+    yield
+    access.setLevel(logging.NOTSET)
+
+
+@pytest.mark.usefixtures("access_log")
 def test_tokens_never_reach_logs_or_metrics(
     token_server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = logging.getLogger("convserve.access")
-    access.setLevel(logging.INFO)
-    try:
-        with caplog.at_level(logging.DEBUG):
-            for token in (INFERENCE_TOKEN, ADMIN_TOKEN, "a-wrong-token-0123456789"):
-                with Client(token_server.target, token=token) as client:
-                    client.predict(IMAGE)
-    except Unauthenticated:
-        pass
-    finally:
-        access.setLevel(logging.NOTSET)
+    with caplog.at_level(logging.DEBUG), contextlib.suppress(Unauthenticated):
+        for token in (INFERENCE_TOKEN, ADMIN_TOKEN, "a-wrong-token-0123456789"):
+            with Client(token_server.target, token=token) as client:
+                client.predict(IMAGE)
     assert any(record.name == "convserve.access" for record in caplog.records)
     metrics = token_server.scrape()
     assert 'code="UNAUTHENTICATED"' in metrics
@@ -169,22 +173,18 @@ def test_tokens_never_reach_logs_or_metrics(
         assert token not in caplog.text and token not in metrics
 
 
+@pytest.mark.usefixtures("access_log")
 def test_a_refused_call_has_its_request_id_and_access_log_line(
     token_server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = logging.getLogger("convserve.access")
-    access.setLevel(logging.INFO)
-    try:
-        with (
-            caplog.at_level(logging.INFO, "convserve.access"),
-            grpc.insecure_channel(token_server.target) as channel,
-            pytest.raises(grpc.RpcError) as caught,
-        ):
-            pb_grpc.ConvServeStub(channel).ListModels(
-                pb.ListModelsRequest(), metadata=(("x-request-id", "no-token-7"),), timeout=10
-            )
-    finally:
-        access.setLevel(logging.NOTSET)
+    with (
+        caplog.at_level(logging.INFO, "convserve.access"),
+        grpc.insecure_channel(token_server.target) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        pb_grpc.ConvServeStub(channel).ListModels(
+            pb.ListModelsRequest(), metadata=(("x-request-id", "no-token-7"),), timeout=10
+        )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert dict(caught.value.trailing_metadata())["x-request-id"] == "no-token-7"
     lines = [r.getMessage() for r in caplog.records if "request_id=no-token-7" in r.getMessage()]
