@@ -13,8 +13,8 @@ import pytest
 PUBLIC = {
     "convserve": ["api", "artifact", "cli", "fashion_mnist", "imagefiles", "pictures"],
     "training": [
-        "commands", "data", "export", "importer", "model", "onnx_import", "plan", "reference",
-        "report", "train",
+        "commands", "data", "errors", "export", "importer", "layers", "model", "onnx_import",
+        "plan", "publish", "reference", "report", "tf2onnx_ops", "train",
     ],
     "service": [
         "calls", "cpus", "errors", "grpc", "images", "main", "metrics", "model", "policies",
@@ -35,9 +35,10 @@ MODULES = [
     "service.images", "service.main", "service.metrics", "service.model", "service.repository",
     "service.settings", "service.grpc.auth", "service.grpc.boundary", "service.grpc.engine",
     "service.grpc.server", "service.grpc.v1", "service.grpc.v2", "service.responses",
-    "training.commands", "training.export",
-    "training.data", "training.importer", "training.model", "training.onnx_import", "training.plan",
-    "training.reference", "training.report", "training.train",
+    "training.commands", "training.data", "training.errors", "training.export",
+    "training.importer", "training.layers", "training.model", "training.onnx_import",
+    "training.plan", "training.publish", "training.reference", "training.report",
+    "training.tf2onnx_ops", "training.train",
 ]  # fmt: skip
 
 
