@@ -174,7 +174,7 @@ class Settings(BaseSettings):
 
 
 def settings_table() -> str:
-    """The README's settings table, generated from the fields so that the two cannot differ."""
+    """The settings table of docs/serving.md, generated from the fields so that they agree."""
     rows = [
         "| flag | environment | default | meaning |",
         "|------|-------------|---------|---------|",

@@ -214,11 +214,11 @@ PRESETS: dict[str, TrainConfig] = {
         epochs=10,
         batch_size=64,
     ),
-    # The most accurate model found that trains in 15 minutes on 2 CPU cores (~0.93, see the
-    # README): convs at 28, 14 and 7 pixels, batch norm, global average pooling (Grad-CAM's
-    # head); flips and 1-pixel shifts; one-cycle Adam; the budget re-plans the epochs. Only 16
-    # filters at 28x28: that layer's batch norm and pooling are memory-bound, and halving it
-    # paid for a second conv at 14x14.
+    # The most accurate model found that trains in 15 minutes on 2 CPU cores (~0.93, see
+    # docs/training.md): convs at 28, 14 and 7 pixels, batch norm, global average pooling
+    # (Grad-CAM's head); flips and 1-pixel shifts; one-cycle Adam; the budget re-plans the
+    # epochs. Only 16 filters at 28x28: that layer's batch norm and pooling are memory-bound,
+    # and halving it paid for a second conv at 14x14.
     "strong": TrainConfig(
         model=ModelConfig(
             conv=(
