@@ -212,16 +212,15 @@ class Model:
         """The heatmaps of `explanation` (from `explanation()`) float32 [N, H, W] at the
         input's resolution (>= 0, unnormalised), the class each explains int32 [N], and the
         probabilities float32 [N, classes]."""
-        method, layer, class_index = (explanation.method, explanation.layer,
-                                      explanation.class_index)  # fmt: skip
-        if method == "occlusion":
+        class_index = explanation.class_index
+        if explanation.method == "occlusion":
             return self._occlusion(pixels, class_index)
         assert self._explain is not None  # explanation() allows a gradient method only with it
         batch, count = self._explain_batch, len(pixels)
         padded = np.zeros((-(-count // batch) * batch, *pixels.shape[1:]), np.float32)
         padded[:count] = pixels
         wanted = np.full(batch, -1 if class_index is None else class_index, np.int32)
-        names = [artifact.heatmap(layer, method), CLASSES, PROBABILITIES]
+        names = [artifact.heatmap(explanation.layer, explanation.method), CLASSES, PROBABILITIES]
         chunks = [
             self._explain.run(names, {PIXELS: padded[i : i + batch], CLASS_INDEX: wanted})
             for i in range(0, len(padded), batch)
