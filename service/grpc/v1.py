@@ -21,7 +21,8 @@ from service.responses import PredictEncoder
 
 __all__ = ["SERVICE_NAME", "ConvServeServicer", "add_to_server"]
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConvServe"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["ConvServe"]
+SERVICE_NAME = SERVICE.full_name
 DEFAULT_TOP_K = 3
 
 
@@ -135,7 +136,7 @@ def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server, boundary
     """Predict's answer is already wire bytes (`PredictEncoder`): passed through as they are."""
     boundary.add_service(
         servicer,
-        pb.DESCRIPTOR.services_by_name["ConvServe"],
+        SERVICE,
         server,
         raw_responses=frozenset({"Predict"}),
     )

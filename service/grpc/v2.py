@@ -29,7 +29,8 @@ from service.model import Explanation, Model
 
 __all__ = ["SERVICE_NAME", "InferenceServicer", "add_to_server"]
 
-SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -171,7 +172,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server, boundary: Boundary) -> None:
     boundary.add_service(
         servicer,
-        v2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+        SERVICE,
         server,
         stream_errors={"ModelStreamInfer": _stream_error},
     )
