@@ -40,10 +40,10 @@ Call = Callable[[Any, Any], Awaitable[Any]]
 
 def calls(server: Server, model: str) -> dict[str, tuple[Call, Any]]:
     """Each API's method and a one-image request for it."""
-    image = np.zeros((1, *server.repository.get(model).input_shape), np.uint8)
+    served = server.repository.get(model)
+    image = np.zeros((1, *served.input_shape), np.uint8)
     infer = v2.ModelInferRequest(model_name=model)
-    infer.inputs.add(name=server.repository.get(model).input_name, datatype="UINT8",
-                     shape=image.shape)  # fmt: skip
+    infer.inputs.add(name=served.input_name, datatype="UINT8", shape=image.shape)
     infer.raw_input_contents.append(image.tobytes())
     return {
         "v1": (
