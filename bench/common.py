@@ -49,16 +49,19 @@ def process_rss_mb(pid: int) -> list[float]:
     return sizes
 
 
-def answers_by_code(metrics_ports: list[int], method: str) -> collections.Counter[str]:
-    """`method` calls convserve has answered so far, by gRPC status code, over every worker."""
+def answers_by_code(metrics_port: int, method: str) -> collections.Counter[str]:
+    """`method` calls convserve has answered so far, by gRPC status code (every worker's)."""
     codes: collections.Counter[str] = collections.Counter()
-    for port in metrics_ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-            for line in page.read().decode().splitlines():
-                if line.startswith("convserve_requests_total{") and f'method="{method}"' in line:
-                    code = re.search(r'code="(\w+)"', line).group(1)  # type: ignore[union-attr]
-                    codes[code] += int(float(line.rsplit(" ", 1)[1]))
+    for line in _metrics_page(metrics_port).splitlines():
+        if line.startswith("convserve_requests_total{") and f'method="{method}"' in line:
+            code = re.search(r'code="(\w+)"', line).group(1)  # type: ignore[union-attr]
+            codes[code] += int(float(line.rsplit(" ", 1)[1]))
     return codes
+
+
+def _metrics_page(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        return str(page.read().decode())
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -91,8 +94,8 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], service: str = "
 
 def start_convserve(
     models_dir: Path, model: str, *extra: str, metrics: bool = False
-) -> tuple[subprocess.Popen[bytes], str, list[int], float]:
-    """`python -m service` on loopback → (process, target, each worker's metrics port,
+) -> tuple[subprocess.Popen[bytes], str, int, float]:
+    """`python -m service` on loopback → (process, target, its metrics port (-1: none),
     seconds until every worker is SERVING)."""
     port, metrics_port = free_port(), free_port() if metrics else -1
     started = time.perf_counter()
@@ -106,15 +109,13 @@ def start_convserve(
     target = f"127.0.0.1:{port}"
     wait_serving(target, process, model)
     workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else available_cpus()
-    metrics_ports = [metrics_port + index for index in range(workers)] if metrics else []
-    for port in metrics_ports:  # every worker, not only the one health reached, must serve
-        _poll(functools.partial(_model_loaded, port), process)
-    return process, target, metrics_ports, time.perf_counter() - started
+    if metrics:  # every worker, not only the one health reached, must serve
+        _poll(functools.partial(_workers_serving, metrics_port, workers), process)
+    return process, target, metrics_port, time.perf_counter() - started
 
 
-def _model_loaded(metrics_port: int) -> bool:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1) as page:
-        return "convserve_model_loaded{" in page.read().decode()
+def _workers_serving(metrics_port: int, workers: int) -> bool:
+    return f"\nconvserve_workers {workers:.1f}\n" in _metrics_page(metrics_port)
 
 
 def start_ceiling(*flags: str) -> tuple[subprocess.Popen[bytes], str]:

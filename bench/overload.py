@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("server_args", nargs="*", help="extra `convserve serve` flags, after --")
     args = parser.parse_args()
 
-    process, target, metrics_ports, _ = start_convserve(
+    process, target, metrics_port, _ = start_convserve(
         args.models_dir, args.model, *args.server_args, metrics=True
     )
     peak = [rss_mb(process.pid)]
@@ -52,9 +52,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             case = Case("Predict", args.images, 4, 16, 3000 if args.images > 1 else 30000)
             body = request_body(case, Path(tmp))
-            start = answers_by_code(metrics_ports, "Predict")
+            start = answers_by_code(metrics_port, "Predict")
             sustainable = h2load(target, case, body, case.requests, Path(tmp) / "log")
-            rss_before, before = rss_mb(process.pid), answers_by_code(metrics_ports, "Predict")
+            rss_before, before = rss_mb(process.pid), answers_by_code(metrics_port, "Predict")
             closed = before - start  # h2load counts a refusal as an answer: the server does not
             ok_rate = sustainable.requests_per_s * closed["OK"] / max(closed.total(), 1)
             rate = args.factor * ok_rate
@@ -73,7 +73,7 @@ def main() -> None:
             sampler.join()
             sent = int(re.search(r"requests: (\d+) total", output).group(1))  # type: ignore[union-attr]
             ms = np.loadtxt(log, usecols=2, ndmin=1) / 1000
-        codes = answers_by_code(metrics_ports, "Predict") - before
+        codes = answers_by_code(metrics_port, "Predict") - before
         rss_after = rss_mb(process.pid)
     finally:
         stop.set()

@@ -141,10 +141,10 @@ def h2load(target: str, case: Case, body: Path, requests: int, log: Path | None 
     return result
 
 
-def grpc_errors(metrics_ports: list[int], method: str) -> int:
+def grpc_errors(metrics_port: int, method: str) -> int:
     """`method` calls convserve answered with a non-OK gRPC status, so far (h2load sees
     HTTP 200 for those). CANCELLED is not counted: h2load resets streams when it stops."""
-    codes = answers_by_code(metrics_ports, method)
+    codes = answers_by_code(metrics_port, method)
     return codes.total() - codes["OK"] - codes["CANCELLED"]
 
 
@@ -228,7 +228,7 @@ def main() -> None:
 
     noop, noop_target = start_ceiling()
     fixed, fixed_target = start_ceiling("--responses")
-    server, target, metrics_ports, to_serving = start_convserve(
+    server, target, metrics_port, to_serving = start_convserve(
         args.models_dir, args.model, *args.server_args, metrics=True
     )
     cases = [case for case in CASES if args.only in case.name]
@@ -241,7 +241,7 @@ def main() -> None:
                 servers = {"no-op": noop_target, "convserve": target}
                 if case.method in ("Predict", "ModelInfer"):
                     servers["responses"] = fixed_target
-                errors = functools.partial(grpc_errors, metrics_ports, case.method)
+                errors = functools.partial(grpc_errors, metrics_port, case.method)
                 rows.append((case, measure(case, servers, body, args.rounds, log, errors)))
             if args.profile and cases:
                 spy = profile(server.pid, args.profile)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import typing
 from collections.abc import Sequence
@@ -85,7 +83,7 @@ async def serve(settings: Any) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the record's `fields` (the
+    """One JSON object per line: time, level, logger, message, pid, the record's `fields` (the
     access log's) and the traceback, if any."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -94,6 +92,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # which worker, with --workers
         }
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     # The supervisor of --workers imports no more than this: ~40 MB, not a server's ~100.
-    from service.settings import ACCESS_LOGGER, Settings
+    from service.settings import ACCESS_LOGGER, WORKER_ENV, Settings
 
     values = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
     try:
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     handler.setFormatter(
         JsonFormatter()
         if settings.log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=settings.log_level, handlers=[handler])
     logging.getLogger(ACCESS_LOGGER).setLevel(
@@ -126,92 +125,20 @@ def run(args: argparse.Namespace) -> int:
     )
     if settings.workers > 1 and settings.port == 0 and "workers" not in settings.model_fields_set:
         # Workers share one port only when it is fixed; port 0 would give each its own. Asked
-        # for (flag or env), > 1 workers with port 0 stays an error (in supervise).
+        # for (flag or env), > 1 workers with port 0 stays an error (in serve_workers).
         logging.getLogger(__name__).info(
             "--port 0 (any free port): 1 worker, not the default %d (one per CPU)",
             settings.workers,
         )
         settings = settings.model_copy(update={"workers": 1})
+    from service.workers import check_port_free, serve_workers
+
     if settings.workers > 1:
-        return supervise(settings)
+        return serve_workers(settings)
+    if settings.port and os.environ.get(WORKER_ENV) != "1":  # a worker shares its port
+        check_port_free(settings.host, settings.port, "--port")  # before gRPC logs its own
     asyncio.run(serve(settings))
     return 0
-
-
-def supervise(settings: Any) -> int:
-    """Run `settings.workers` single-worker servers on one port; forward signals; exit with them.
-
-    One Python process tops out at one core (the event loop); the kernel spreads incoming
-    connections over processes bound with SO_REUSEPORT (grpc's default on Linux).
-    """
-    if settings.port == 0:
-        print("convserve serve: error: --workers > 1 needs a fixed --port", file=sys.stderr)
-        return 2
-    return _wait(_start_workers(settings))
-
-
-def _start_workers(settings: Any) -> list[subprocess.Popen[bytes]]:
-    """One `python -m service` per worker, each told every setting through the environment;
-    with --cpu-affinity, worker i pinned to the i-th CPU (and told all the server's CPUs)."""
-    from pydantic import SecretStr
-
-    from service.cpus import SERVER_CPUS_ENV, worker_cpus
-    from service.settings import WORKER_ENV
-
-    base = {  # every setting, as the workers read it from the environment
-        f"CONVSERVE_{name.upper()}": str(
-            value.get_secret_value() if isinstance(value, SecretStr) else value
-        )
-        for name, value in settings.model_dump().items()
-        if value is not None
-    }
-    cpus = worker_cpus(settings.workers) if settings.cpu_affinity else None
-    children = []
-    for index in range(settings.workers):
-        env = {**os.environ, **base, "CONVSERVE_WORKERS": "1", WORKER_ENV: "1"}
-        if settings.metrics_port > 0:
-            env["CONVSERVE_METRICS_PORT"] = str(settings.metrics_port + index)
-        pin = None
-        if cpus:  # set in the child before Python starts, so every thread it makes inherits it
-            pin = functools.partial(os.sched_setaffinity, 0, {cpus[index]})
-            env[SERVER_CPUS_ENV] = ",".join(map(str, cpus))
-        children.append(
-            subprocess.Popen([sys.executable, "-m", "service"], env=env, preexec_fn=pin)
-        )
-    logging.getLogger(__name__).info(
-        "started %d workers: pids %s%s",
-        len(children),
-        [c.pid for c in children],
-        f", pinned to CPUs {cpus}" if cpus else "",
-    )
-    return children
-
-
-def _wait(children: list[subprocess.Popen[bytes]]) -> int:
-    """Forward SIGTERM/SIGINT to the workers and wait for them all; a worker that exits on
-    its own takes the others down. The exit code: the largest of theirs."""
-    stopping = False
-
-    def forward(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
-    codes: list[int] = []
-    while len(codes) < len(children):
-        pid, status = os.wait()
-        codes.append(os.waitstatus_to_exitcode(status))
-        if not stopping:  # a worker died on its own: take the others down, report failure
-            logging.getLogger(__name__).error(
-                "worker %d exited with %d; stopping the others", pid, codes[-1]
-            )
-            forward(signal.SIGTERM, None)
-            codes[-1] = codes[-1] or 1
-    return max(codes, key=abs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,4 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="convserve serve", description="Serve the models in MODELS_DIR over gRPC."
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except CommandError as exc:  # as `convserve serve` says it
+        print(f"convserve serve: error: {exc}", file=sys.stderr)
+        return 2

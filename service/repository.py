@@ -67,7 +67,7 @@ class Repository:
         self._models: dict[str, dict[int, Model]] = {}  # replaced whole, never changed in place
         self._signatures: dict[tuple[str, int], Signature] = {}
         self._failures: dict[tuple[str, int], tuple[Signature, str]] = {}
-        self._unloaded: set[str] = set()  # unloaded on request: not reloaded until asked
+        self.unloaded: set[str] = set()  # unloaded on request (or at start): not until loaded
         self._disk: dict[str, dict[int, Path]] = {}
         self._lock = threading.Lock()  # one sync at a time (the watcher, load/unload calls)
         self.loaded = False  # requests get UNAVAILABLE until the first sync has finished
@@ -108,7 +108,7 @@ class Repository:
             self._models = models  # the swap: one assignment
 
     def _sync_model(self, name: str, loaded: dict[int, Model], retry: bool) -> dict[int, Model]:
-        on_disk = {} if name in self._unloaded else self._disk.get(name, {})
+        on_disk = {} if name in self.unloaded else self._disk.get(name, {})
         policy = self._policies.get(name, self._policy)
         broken = {
             version
@@ -164,7 +164,7 @@ class Repository:
         """(Re)load `name` from the directory now, retrying failed versions; undoes `unload`."""
         if not (self.models_dir / name).is_dir():
             raise NotFound(f"no model directory {self.models_dir / name}")
-        self._unloaded.discard(name)
+        self.unloaded.discard(name)
         self.sync(name, retry=True)
         if name not in self._models:
             reasons = [
@@ -180,7 +180,7 @@ class Repository:
         """Stop serving every version of `name` until `load(name)`."""
         if name not in self._models and name not in self._disk:
             raise NotFound(f"model {name!r} is neither loaded nor in {self.models_dir}")
-        self._unloaded.add(name)
+        self.unloaded.add(name)
         self.sync(name)
 
     # -- lookups ---------------------------------------------------------------------------
@@ -253,7 +253,7 @@ class Repository:
                 entries.append(
                     IndexEntry(name, version, "UNAVAILABLE", self._failures[name, version][1])
                 )
-            elif name in self._unloaded:
+            elif name in self.unloaded:
                 entries.append(IndexEntry(name, version, "UNAVAILABLE", "unloaded on request"))
             else:
                 policy = self._policies.get(name, self._policy)

@@ -98,8 +98,9 @@ class Settings(BaseSettings):
         default_factory=available_cpus,
         ge=1,
         description="server processes, each with every model, sharing the gRPC port "
-        "(SO_REUSEPORT); default one per CPU available to the process (CPU affinity and cgroup "
-        "quota), --workers N overrides; worker i exports metrics on metrics_port + i",
+        "(SO_REUSEPORT) and acting as one server (load and unload reach every worker before "
+        "they return, one metrics port, a worker that dies is replaced); default one per CPU "
+        "available to the process (CPU affinity and cgroup quota), --workers N overrides",
     )
     cpu_affinity: bool = Field(
         True,

@@ -16,7 +16,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from convserve.cli import CommandError
+from service import metrics
 from service.cpus import lower_grpc_threads, on_one_cpu, unpin
+from service.errors import ServiceError, status
 from service.grpc import v1, v2
 from service.grpc.auth import TokenAuth
 from service.grpc.boundary import Boundary
@@ -25,6 +28,7 @@ from service.model import Model
 from service.repository import Repository
 from service.settings import WORKER_ENV, Settings
 from service.tokens import load_tokens
+from service.workers import Link, port_in_use
 
 __all__ = ["Server"]
 
@@ -63,38 +67,62 @@ class Server:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._grpc: grpc.aio.Server | None = None
         self._metrics_server: Any = None
+        self._control_calls = {"load": self.repository.load, "unload": self.repository.unload}
+        self._link = Link.from_environment()  # a worker of `--workers`: its supervisor
 
     async def start(self) -> int:
         """Bind and start answering (health NOT_SERVING), load every model, then report SERVING.
 
         Returns the bound gRPC port. Health names: "" (the server), the service, each model.
+        A worker of `--workers` first joins its supervisor (see service.workers); one that
+        replaces a dead worker loads first, and binds once it can answer.
         """
         started = time.perf_counter()
-        server = self._grpc_server()
-        address = _address(self.settings.host, self.settings.port)
-        credentials = self._tls_credentials()
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
         await self._set_health(NOT_SERVING)
+        replacement = False
+        if self._link is not None:
+            unloaded, replacement = await self._link.join(self._apply)
+            self.repository.unloaded |= unloaded
         self._start_metrics()  # first: if its port is taken, nothing is left running
-        await server.start()
-        self._grpc = server
-        if self.settings.cpu_affinity and on_one_cpu():
-            lower_grpc_threads()  # measured: see docs/performance.md
-
-        await self.change_repository(self.repository.load_all)
+        if replacement:
+            await self.change_repository(self.repository.load_all)
+        address = _address(self.settings.host, self.settings.port)
+        port = await self._listen(address)
+        if not replacement:
+            await self.change_repository(self.repository.load_all)
         if self.settings.poll_seconds > 0:
             self._watcher = asyncio.create_task(self._watch(self.settings.poll_seconds))
+        metrics.WORKERS.set(1)
+        if self._link is not None:
+            await self._link.ready()
         log.info(
-            "serving %s on %s (port %d) after %.2f s; metrics on port %s",
+            "serving %s on %s (port %d) after %.2f s%s",
             ", ".join(self.repository.names) or "no models",
             address,
             port,
             time.perf_counter() - started,
-            self.metrics_port,
+            f"; metrics on port {self.metrics_port}" if self.metrics_port else "",
         )
+        return port
+
+    async def _listen(self, address: str) -> int:
+        """Start the gRPC server on `address`; its port."""
+        server = self._grpc_server()
+        credentials = self._tls_credentials()
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # gRPC says only "Failed to bind"
+            raise CommandError(
+                f"cannot listen on {address} (--host, --port): the port is in use, or the "
+                "host is not an address of this machine"
+            ) from None
+        await server.start()
+        self._grpc = server
+        if self.settings.cpu_affinity and on_one_cpu():
+            lower_grpc_threads()  # measured: see docs/performance.md
         return port
 
     def _grpc_server(self) -> grpc.aio.Server:
@@ -119,9 +147,7 @@ class Server:
         )
         boundary = Boundary(self.settings.max_concurrent_requests)
         v1.add_to_server(v1.ConvServeServicer(self.engine), server, boundary)
-        v2.add_to_server(
-            v2.InferenceServicer(self.engine, self.change_repository), server, boundary
-        )
+        v2.add_to_server(v2.InferenceServicer(self.engine, self.control), server, boundary)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.settings.reflection:
             services = [v1.SERVICE_NAME, v2.SERVICE_NAME, health.SERVICE_NAME]
@@ -135,6 +161,33 @@ class Server:
             await asyncio.get_running_loop().run_in_executor(self._loader, function, *args)
         finally:
             await self._update_health()
+
+    async def control(self, action: str, name: str, timeout: float | None = None) -> None:
+        """Load or unload model `name` (`Repository.load`/`unload`): in every worker of the
+        server before returning, or raise what went wrong (naming a worker that did not
+        within `timeout` seconds)."""
+        if self._link is None:
+            await self.change_repository(self._control_calls[action], name)
+            return
+        code, message = await self._link.call(action, name, timeout)
+        if code != "OK":
+            error = ServiceError(message)
+            error.code = grpc.StatusCode[code]
+            raise error
+
+    async def _apply(self, action: str, name: str) -> tuple[str, str, bool]:
+        """A control call the supervisor relays: (status name, message, whether `name` is
+        now unloaded on request)."""
+        try:
+            await self.change_repository(self._control_calls[action], name)
+        except Exception as exc:
+            code = status(exc)
+            if code is None:
+                log.exception("%s %r failed", action, name)
+            reply = (code.name, str(exc)) if code else ("INTERNAL", "see the server's log")
+        else:
+            reply = ("OK", "")
+        return (*reply, name in self.repository.unloaded)
 
     async def _watch(self, seconds: float) -> None:
         """Rescan MODELS_DIR every `seconds`: new versions in, removed ones out."""
@@ -179,15 +232,19 @@ class Server:
             return
         from prometheus_client import start_http_server
 
-        self._metrics_server, _ = start_http_server(
-            self.settings.metrics_port, self.settings.metrics_host
-        )
+        try:
+            self._metrics_server, _ = start_http_server(
+                self.settings.metrics_port, self.settings.metrics_host
+            )
+        except OSError as exc:
+            raise port_in_use(self.settings.metrics_port, "--metrics-port", exc) from None
         self.metrics_port = self._metrics_server.server_port
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING at once; keep answering for `drain_seconds` while load balancers
         move away; then refuse new calls and let in-flight ones finish in `grace` s."""
         await self._health.enter_graceful_shutdown()
+        metrics.WORKERS.set(0)
         if self.settings.drain_seconds:
             log.info("NOT_SERVING; still answering for %.1f s", self.settings.drain_seconds)
             await asyncio.sleep(self.settings.drain_seconds)
@@ -200,6 +257,8 @@ class Server:
             self._metrics_server.server_close()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._loader.shutdown(wait=True, cancel_futures=True)
+        if self._link is not None:
+            await self._link.close()
         log.info("stopped")
 
 

@@ -34,10 +34,13 @@ SERVICE_NAME = SERVICE.full_name
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, engine: Engine, change_repository: Callable[..., Awaitable[None]]) -> None:
+    def __init__(
+        self, engine: Engine, control: Callable[[str, str, float | None], Awaitable[None]]
+    ) -> None:
+        """`control(action, name, timeout)`: `Server.control`, load/unload in every worker."""
         self.engine = engine
         self._repository = engine.repository
-        self._change_repository = change_repository  # runs a repository call off the loop
+        self._control = control
 
     async def ServerLive(
         self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -129,14 +132,16 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self, request: v2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.RepositoryModelLoadResponse:
         """(Re)load a model's versions from the directory now, as its version policy says."""
-        await self._change_repository(self._repository.load, _model_name(request.model_name))
+        name = _model_name(request.model_name)
+        await self._control("load", name, context.time_remaining())
         return v2.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: v2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> v2.RepositoryModelUnloadResponse:
         """Stop serving a model (in-flight requests finish) until it is loaded again."""
-        await self._change_repository(self._repository.unload, _model_name(request.model_name))
+        name = _model_name(request.model_name)
+        await self._control("unload", name, context.time_remaining())
         return v2.RepositoryModelUnloadResponse()
 
     async def _infer(self, request: v2.ModelInferRequest) -> v2.ModelInferResponse:

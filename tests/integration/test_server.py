@@ -17,7 +17,7 @@ import pytest
 
 from client import Client
 from client.errors import NotFound
-from tests.conftest import free_port, http_get, metric
+from tests.conftest import free_port, metric
 
 
 def test_health_is_serving_for_the_server_and_each_model(server) -> None:
@@ -223,47 +223,15 @@ def test_access_log_and_sigterm(serve_process) -> None:
     assert any(line["code"] == "NOT_FOUND" for line in access)  # the CLI's unknown model
 
 
-def test_workers_share_the_port_and_stop_together(models_dir: Path) -> None:
-    port, metrics_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-         "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--workers", "2",
-         "--models-dir", str(models_dir), "--default-model", "fashion"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    try:
-        serving = 0
-        for line in process.stderr:  # each worker logs one line once it serves
-            serving += " serving " in line
-            if serving == 2:
-                break
-        # New connections are spread over the workers by the kernel (SO_REUSEPORT).
-        for _ in range(16):
-            with Client(f"127.0.0.1:{port}") as client:
-                assert client.predict(np.zeros((1, 28, 28), np.uint8)).model == "fashion"
-        answered = []
-        for worker in range(2):
-            url = f"http://127.0.0.1:{metrics_port + worker}/metrics"
-            answered.append(metric(http_get(url), "convserve_requests_total", method="Predict"))
-        assert sum(answered) == 16 and all(answered), answered
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
-
-
 async def test_a_second_server_on_a_busy_port_fails(server, models_dir: Path) -> None:
+    from convserve.cli import CommandError
     from service.grpc.server import Server
     from service.settings import Settings
 
     port = int(server.target.rsplit(":", 1)[1])
     second = Server(Settings(host="127.0.0.1", port=port, metrics_port=-1, models_dir=models_dir))
     try:
-        with pytest.raises(RuntimeError, match=r"(?i)bind"):
+        with pytest.raises(CommandError, match=rf"cannot listen on 127.0.0.1:{port} \(--host"):
             await second.start()
     finally:
         await second.stop(0)
