@@ -169,6 +169,23 @@ def test_every_dashboard_query_has_data(cluster: Cluster, images: np.ndarray) ->
     assert len(per_replica) == len(cluster.replicas)
 
 
+def test_the_dashboard_shows_every_worker_of_every_replica_serving_each_version(
+    cluster: Cluster,
+) -> None:
+    """Every replica loads the same models: each version's share of the workers is 1."""
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/convserve.json").read_text())
+    (query,) = [t["expr"] for p in dashboard["panels"] for t in p["targets"]
+                if "convserve_model_loaded" in t["expr"]]  # fmt: skip
+
+    def everywhere() -> bool:
+        workers = [float(r["value"][1]) for r in cluster.query("sum(convserve_workers)")]
+        shares = [float(r["value"][1]) for r in cluster.query(query)]
+        # One worker per replica here (--workers 1), every version loaded by each.
+        return workers == [len(cluster.replicas)] and bool(shares) and set(shares) == {1.0}
+
+    wait_until(everywhere, f"{query} to be 1 for every version, over 3 workers", 30)
+
+
 def _during_load(cluster: Cluster, images: np.ndarray, event: object) -> tuple[int, int, int]:
     """Continuous load; `event()` after 1.5 s; 3 s after it returns.
 

@@ -121,9 +121,32 @@ def test_promtool_accepts_the_prometheus_config() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def _dashboard_queries() -> list[str]:
+def _dashboard_panels() -> list[dict[str, Any]]:
     dashboard = json.loads((DEPLOY / "grafana/dashboards/convserve.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    panels: list[dict[str, Any]] = dashboard["panels"]
+    return panels
+
+
+def _dashboard_queries() -> list[str]:
+    return [target["expr"] for panel in _dashboard_panels() for target in panel["targets"]]
+
+
+def _promtool_test(
+    tmp_path: Path, series: dict[str, str], expr: str, expected: list[tuple[str, float]]
+) -> None:
+    """`promtool test rules`: `expr` at 4m over `series` (15 s apart) gives exactly `expected`,
+    (labels, value) pairs."""
+    test = {"evaluation_interval": "15s", "tests": [{
+        "interval": "15s",
+        "input_series": [{"series": name, "values": values} for name, values in series.items()],
+        "promql_expr_test": [{
+            "expr": expr.replace("$__rate_interval", "1m"), "eval_time": "4m",
+            "exp_samples": [{"labels": labels, "value": value} for labels, value in expected],
+        }],
+    }]}  # fmt: skip
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    done = _run("promtool", "test", "rules", tmp_path / "test.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_dashboard_queries_parse_and_name_metrics_the_server_exports(
@@ -144,6 +167,53 @@ def test_dashboard_queries_parse_and_name_metrics_the_server_exports(
     pattern = r"\b((?:convserve|process)_[a-z_]+)"
     named = {name for query in queries for name in re.findall(pattern, query)}
     assert len(named) >= 8 and named <= exported, named - exported
+
+
+def test_dashboard_model_versions_are_the_share_of_every_worker_serving_them(
+    tmp_path: Path,
+) -> None:
+    """convserve_model_loaded counts a replica's workers serving a version, convserve_workers
+    its workers: the panel is 1 only when every worker of every replica serves the version."""
+    (panel,) = [p for p in _dashboard_panels() if "convserve_model_loaded" in str(p["targets"])]
+    (target,) = panel["targets"]
+    assert "convserve_workers" in target["expr"] and panel["description"]
+    assert {"model", "version"} <= set(re.findall(r"{{(\w+)}}", target["legendFormat"]))
+    # Two replicas of two workers: version 1 on all four, version 2 on three (a rollout).
+    series = {'convserve_workers{instance="a:8000"}': "2x20",
+              'convserve_workers{instance="b:8000"}': "2x20"}  # fmt: skip
+    for instance, v2 in (("a", 2), ("b", 1)):
+        for version, count in (("1", 2), ("2", v2)):
+            labels = f'instance="{instance}:8000",model="fashion",version="{version}"'
+            series[f"convserve_model_loaded{{{labels}}}"] = f"{count}x20"
+    _promtool_test(tmp_path, series, target["expr"], [
+        ('{model="fashion",version="1"}', 1.0), ('{model="fashion",version="2"}', 0.75),
+    ])  # fmt: skip
+
+
+def test_dashboard_memory_and_cpu_draw_each_worker_of_each_replica(tmp_path: Path) -> None:
+    """process_* carry a `worker` label ("0", "1", ..., "supervisor") on the one port of a
+    replica: one series, and one legend, per (instance, worker)."""
+    panels = [p for p in _dashboard_panels() if "process_" in str(p["targets"])]
+    names = {
+        name for p in panels for t in p["targets"] for name in re.findall(r"process_\w+", t["expr"])
+    }
+    assert names == {"process_resident_memory_bytes", "process_cpu_seconds_total"}
+    processes = [(instance, worker) for instance in ("a:8000", "b:8000")
+                 for worker in ("0", "1", "supervisor")]  # fmt: skip
+    for panel in panels:
+        (target,) = panel["targets"]
+        assert {"instance", "worker"} <= set(re.findall(r"{{(\w+)}}", target["legendFormat"]))
+        assert panel["description"]
+        (name,) = re.findall(r"process_\w+", target["expr"])
+        counter = "rate(" in target["expr"]
+        series, expected = {}, []
+        for rank, (instance, worker) in enumerate(processes, 1):
+            labels = f'instance="{instance}",job="convserve",worker="{worker}"'
+            # A counter growing by `rank` a second, or a gauge holding `rank` MB.
+            series[f"{name}{{{labels}}}"] = f"0+{15 * rank}x20" if counter else f"{rank}e6x20"
+            shown = labels if counter else f'__name__="{name}",{labels}'
+            expected.append((f"{{{shown}}}", float(rank if counter else rank * 1e6)))
+        _promtool_test(tmp_path, series, target["expr"], expected)
 
 
 def test_grafana_provisioning_points_at_the_dashboard_and_datasource() -> None:
@@ -217,6 +287,66 @@ def test_dockerfile_runs_pinned_as_non_root_with_a_health_check(server: Any) -> 
     assert (done.returncode, done.stdout.strip()) == (0, "SERVING"), done.stderr
     command[target] = "127.0.0.1:1"  # nothing listens: unhealthy
     assert _run(BIN / "convserve", *command[1:]).returncode != 0
+
+
+# --- one metrics port per replica ---
+
+# The supervisor serves /metrics for every worker of a replica on this one port
+# (service/metrics.py): no port per worker anywhere.
+METRICS_PORT = 8000
+GRPC_PORT = 50051
+
+
+def test_the_server_defaults_to_the_ports_the_image_exposes() -> None:
+    from service.settings import Settings
+
+    assert Settings.model_fields["port"].default == GRPC_PORT
+    assert Settings.model_fields["metrics_port"].default == METRICS_PORT
+    exposed = [arg.split() for op, arg in _dockerfile() if op == "EXPOSE"]
+    assert [sorted(map(int, ports)) for ports in exposed] == [[METRICS_PORT, GRPC_PORT]]
+    env = dict(
+        re.findall(r"(CONVSERVE_\w+)=(\S+)", str([a for op, a in _dockerfile() if op == "ENV"]))
+    )
+    assert int(env.get("CONVSERVE_METRICS_PORT", METRICS_PORT)) == METRICS_PORT
+
+
+def test_compose_exposes_grpc_and_the_one_metrics_port() -> None:
+    convserve = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["convserve"]
+    assert int(convserve["environment"]["CONVSERVE_WORKERS"]) > 1  # several workers, one port
+    assert int(convserve["environment"]["CONVSERVE_METRICS_PORT"]) == METRICS_PORT
+    assert sorted(map(int, convserve["expose"])) == [METRICS_PORT, GRPC_PORT]
+
+
+def test_kubernetes_pod_and_service_expose_one_metrics_port_the_annotation_names() -> None:
+    template = _k8s("Deployment", "convserve")["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    env = {var["name"]: var["value"] for var in container["env"]}
+    assert int(env["CONVSERVE_WORKERS"]) > 1  # several workers, one port
+    assert int(env["CONVSERVE_METRICS_PORT"]) == METRICS_PORT
+    ports = sorted((port["name"], port["containerPort"]) for port in container["ports"])
+    assert ports == [("grpc", GRPC_PORT), ("metrics", METRICS_PORT)]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+    service = _k8s("Service", "convserve")["spec"]["ports"]
+    assert sorted((port["name"], port["port"], port["targetPort"]) for port in service) == [
+        ("grpc", GRPC_PORT, "grpc"), ("metrics", METRICS_PORT, "metrics"),
+    ]  # fmt: skip
+
+
+def test_prometheus_scrapes_each_replica_once_on_the_metrics_port() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "convserve"]
+    assert job.get("metrics_path", "/metrics") == "/metrics" and "static_configs" not in job
+    (discovery,) = job["dns_sd_configs"]  # one target per replica, not one per worker
+    assert (discovery["type"], discovery["port"]) == ("A", METRICS_PORT)
+    # The name is the compose service's and the headless Service's: every replica.
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    for name in discovery["names"]:
+        assert name in compose
+        service = _k8s("Service", name)
+        assert service["spec"]["clusterIP"] == "None"
+        assert METRICS_PORT in [port["port"] for port in service["spec"]["ports"]]
 
 
 # --- Kubernetes ---
