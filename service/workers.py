@@ -101,7 +101,8 @@ Apply = Callable[[str, str], Awaitable[tuple[str, str, bool]]]
 
 
 class Link:
-    """A worker's line to its supervisor: `join`, then `call` for each control call."""
+    """A worker's line to its supervisor: `join`, `serving`, then `call` for each control
+    call it gets."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -118,25 +119,24 @@ class Link:
         fd = os.environ.get(LINK_FD_ENV)
         return cls(int(fd)) if fd else None
 
-    async def join(self, apply: Apply) -> tuple[set[str], bool]:
-        """Connect; from now on `apply(action, name)` runs every control call, in order.
-
-        Returns the server's state (the models unloaded on request) and whether this worker
-        replaces one that died (then it loads before it takes traffic)."""
+    async def join(self) -> tuple[set[str], bool]:
+        """Connect: the server's state (the models unloaded on request), and whether this
+        worker replaces one that died (then it loads before it takes traffic). Control calls
+        that come meanwhile wait for `serving`."""
         self._reader, self._writer = await asyncio.open_unix_connection(
             sock=socket.socket(fileno=self._fd)
         )
         hello = json.loads(await self._reader.readline() or b"{}").get("hello")
         if hello is None:
             raise RuntimeError("the supervisor closed the link before saying hello")
-        self._tasks = [
-            asyncio.create_task(self._listen()),
-            asyncio.create_task(self._apply_in_order(apply)),
-        ]
+        self._tasks.append(asyncio.create_task(self._listen()))
         return set(hello["unloaded"]), hello["replacement"]
 
-    async def ready(self) -> None:
+    async def serving(self, apply: Apply) -> None:
+        """The worker serves (its models loaded): from now on `apply(action, name)` runs
+        each control call, in order."""
         assert self._writer is not None
+        self._tasks.append(asyncio.create_task(self._apply_in_order(apply)))
         await _send(self._writer, {"ready": True})
 
     async def call(self, action: str, name: str, timeout: float | None) -> tuple[str, str]:

@@ -81,10 +81,10 @@ class Server:
         await self._set_health(NOT_SERVING)
         replacement = False
         if self._link is not None:
-            unloaded, replacement = await self._link.join(self._apply)
+            unloaded, replacement = await self._link.join()
             self.repository.unloaded |= unloaded
         self._start_metrics()  # first: if its port is taken, nothing is left running
-        if replacement:
+        if replacement:  # the other workers serve meanwhile: take traffic once it can answer
             await self.change_repository(self.repository.load_all)
         address = _address(self.settings.host, self.settings.port)
         port = await self._listen(address)
@@ -94,7 +94,7 @@ class Server:
             self._watcher = asyncio.create_task(self._watch(self.settings.poll_seconds))
         metrics.WORKERS.set(1)
         if self._link is not None:
-            await self._link.ready()
+            await self._link.serving(self._apply)
         log.info(
             "serving %s on %s (port %d) after %.2f s%s",
             ", ".join(self.repository.names) or "no models",
