@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import functools
 import itertools
 import json
@@ -64,7 +65,7 @@ USAGE_ERROR = 2
 
 def port_in_use(port: int, flag: str, exc: OSError) -> CommandError:
     """The one line a taken (or unbindable) port gets: the port and the flag that set it."""
-    if exc.errno == 98:  # EADDRINUSE
+    if exc.errno == errno.EADDRINUSE:
         return CommandError(f"port {port} ({flag}) is in use; pick another with {flag}")
     return CommandError(f"cannot listen on port {port} ({flag}): {exc.strerror or exc}")
 
