@@ -101,6 +101,7 @@ def start_convserve(
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+         "--http-port", str(free_port()),
          "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
          "--models-dir", str(models_dir), "--default-model", model, "--log-level", "WARNING",
          *extra],

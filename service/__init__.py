@@ -1,10 +1,12 @@
-"""The convserve gRPC model server: `convserve serve` or `python -m service`."""
+"""The convserve model server (gRPC and HTTP): `convserve serve` or `python -m service`."""
 
 __all__ = [
+    "boundary",
     "calls",
     "cpus",
     "errors",
     "grpc",
+    "http",
     "images",
     "main",
     "metrics",
@@ -13,4 +15,5 @@ __all__ = [
     "repository",
     "settings",
     "tokens",
+    "workers",
 ]

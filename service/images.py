@@ -9,7 +9,7 @@ import numpy as np
 
 from convserve import imagefiles
 from convserve.artifact import Preprocessing
-from service.errors import InvalidInput, ResourceExhausted
+from service.errors import InvalidInput, TooLarge
 
 __all__ = ["MAX_IMAGE_PIXELS", "as_pixels", "decode_files"]
 
@@ -52,7 +52,7 @@ def decode_files(files: Sequence[bytes], shape: tuple[int, int, int], max_images
         try:
             decoded[index] = imagefiles.decode(data, shape, preprocessing, MAX_IMAGE_PIXELS)
         except imagefiles.ImageTooLarge as exc:
-            raise ResourceExhausted(f"image {index}: {exc}") from None
+            raise TooLarge(f"image {index}: {exc}") from None
         except imagefiles.ImageFileError as exc:
             raise InvalidInput(f"image {index}: {exc}") from None
     return decoded
@@ -62,6 +62,6 @@ def _check_count(count: int, max_images: int) -> None:
     if count == 0:
         raise InvalidInput("the request has no images; expected at least 1")
     if count > max_images:
-        raise ResourceExhausted(
+        raise TooLarge(
             f"the request has {count} images; this server takes at most {max_images} (max_images)"
         )

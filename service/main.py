@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger(ACCESS_LOGGER).setLevel(
         logging.INFO if settings.access_log else logging.WARNING
     )
-    if settings.workers > 1 and settings.port == 0 and "workers" not in settings.model_fields_set:
+    zero = settings.port == 0 or settings.http_port == 0
+    if settings.workers > 1 and zero and "workers" not in settings.model_fields_set:
         # Workers share one port only when it is fixed; port 0 would give each its own. Asked
         # for (flag or env), > 1 workers with port 0 stays an error (in serve_workers).
         logging.getLogger(__name__).info(
@@ -131,12 +132,12 @@ def run(args: argparse.Namespace) -> int:
             settings.workers,
         )
         settings = settings.model_copy(update={"workers": 1})
-    from service.workers import check_port_free, serve_workers
+    from service.workers import check_ports_free, serve_workers
 
     if settings.workers > 1:
         return serve_workers(settings)
-    if settings.port and os.environ.get(WORKER_ENV) != "1":  # a worker shares its port
-        check_port_free(settings.host, settings.port, "--port")  # before gRPC logs its own
+    if os.environ.get(WORKER_ENV) != "1":  # (a worker shares its ports)
+        check_ports_free(settings)  # before gRPC logs its own error
     asyncio.run(serve(settings))
     return 0
 

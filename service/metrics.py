@@ -40,13 +40,14 @@ LATENCY_BUCKETS = (
 
 REQUESTS = Counter(
     "convserve_requests",
-    "gRPC requests answered, by model, version, method and status code.",
-    ["model", "version", "method", "code"],
+    "Requests answered, by model, version, method, status code (gRPC's names) and protocol "
+    "(grpc or http).",
+    ["model", "version", "method", "code", "protocol"],
 )
 REQUEST_DURATION = Histogram(
     "convserve_request_duration_seconds",
-    "Time from a request's arrival to its answer, by model and method.",
-    ["model", "method"],
+    "Time from a request's arrival to its answer, by model, method and protocol.",
+    ["model", "method", "protocol"],
     buckets=LATENCY_BUCKETS,
 )
 INFLIGHT = Gauge(

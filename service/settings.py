@@ -25,6 +25,13 @@ class Settings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="address the gRPC server binds")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
+    http_port: int = Field(
+        8080,
+        ge=-1,
+        le=65535,
+        description="HTTP port on the same host: the Open Inference Protocol's REST API and "
+        "convserve's own API as JSON (0: any free port, -1: off)",
+    )
     metrics_host: str = Field("0.0.0.0", description="address the Prometheus /metrics server binds")
     metrics_port: int = Field(
         8000, ge=-1, le=65535, description="Prometheus /metrics port (0: any free port, -1: off)"

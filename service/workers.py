@@ -49,7 +49,14 @@ from typing import Any
 
 from convserve.cli import CommandError
 
-__all__ = ["Link", "Supervisor", "check_port_free", "port_in_use", "serve_workers"]
+__all__ = [
+    "Link",
+    "Supervisor",
+    "check_port_free",
+    "check_ports_free",
+    "port_in_use",
+    "serve_workers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,14 @@ def check_port_free(host: str, port: int, flag: str) -> None:
             probe.bind(address)
         except OSError as exc:
             raise port_in_use(port, flag, exc) from None
+
+
+def check_ports_free(settings: Any) -> None:
+    """Raise `port_in_use` for the first fixed port of the server's (gRPC, HTTP) that is
+    taken. (The supervisor opens the metrics port itself.)"""
+    for port, flag in ((settings.port, "--port"), (settings.http_port, "--http-port")):
+        if port > 0:
+            check_port_free(settings.host, port, flag)
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
@@ -232,7 +247,7 @@ class Supervisor:
         from service.cpus import worker_cpus
 
         settings = self.settings
-        check_port_free(settings.host, settings.port, "--port")
+        check_ports_free(settings)
         self._metrics_dir = tempfile.mkdtemp(prefix="convserve-metrics-")
         metrics_server = None
         try:
@@ -437,6 +452,6 @@ def _exit_reason(status: int) -> str:
 
 def serve_workers(settings: Any) -> int:
     """`convserve serve --workers N` (N > 1): the supervisor, until its workers stop."""
-    if settings.port == 0:
-        raise CommandError("--workers > 1 needs a fixed --port")
+    if settings.port == 0 or settings.http_port == 0:
+        raise CommandError("--workers > 1 needs a fixed --port and --http-port (or -1: off)")
     return asyncio.run(Supervisor(settings).run())

@@ -19,6 +19,8 @@ import pytest
 
 # Quiet TensorFlow's C++ start-up logs in every test process (set before any import of TF).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Servers in tests run side by side: each HTTP door on a free port unless a test names one.
+os.environ["CONVSERVE_HTTP_PORT"] = "0"
 
 # The model with same/valid padding, stride 2, dilation 2 and a pooling layer for FeatureMap.
 LAYERS_SPEC = ("4:3:same", "4:3:valid:2,pool=2", "3:2:valid:1:2:tanh")

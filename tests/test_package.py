@@ -17,8 +17,8 @@ PUBLIC = {
         "plan", "publish", "reference", "report", "tf2onnx_ops", "train",
     ],
     "service": [
-        "calls", "cpus", "errors", "grpc", "images", "main", "metrics", "model", "policies",
-        "repository", "settings", "tokens",
+        "boundary", "calls", "cpus", "errors", "grpc", "http", "images", "main", "metrics",
+        "model", "policies", "repository", "settings", "tokens", "workers",
     ],
     "client": [
         "AsyncClient", "ClassScore", "Client", "ConvserveError", "ExplainResult",
@@ -33,8 +33,9 @@ MODULES = [
     "client.errors", "client.loadtest",
     "service.calls", "service.cpus", "service.errors", "service.policies", "service.tokens",
     "service.images", "service.main", "service.metrics", "service.model", "service.repository",
-    "service.settings", "service.grpc.auth", "service.grpc.boundary", "service.grpc.engine",
+    "service.settings", "service.grpc.auth", "service.boundary", "service.grpc.engine",
     "service.grpc.server", "service.grpc.v1", "service.grpc.v2", "service.responses",
+    "service.workers", "service.http.door", "service.http.rest", "service.http.connect",
     "training.commands", "training.data", "training.errors", "training.export",
     "training.importer", "training.layers", "training.model", "training.onnx_import",
     "training.plan", "training.publish", "training.reference", "training.report",

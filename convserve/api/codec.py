@@ -86,19 +86,49 @@ def from_tensor(tensor: pb.Tensor) -> np.ndarray:
 
 def from_infer_input(
     tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None
-) -> np.ndarray:
+) -> np.ndarray | list[bytes]:
     """An Open Inference Protocol input → an array: from its `raw` bytes (the request's
-    raw_input_contents entry, viewed read-only, see `decode`) or else its typed contents."""
+    raw_input_contents entry, viewed read-only, see `decode`) or else its typed contents.
+    A BYTES input, shape [N] or [N, 1], is N files (PNG or JPEG): their bytes."""
     what = f"input {tensor.name!r}"
+    if tensor.datatype == "BYTES":
+        return _files(tensor, raw, what)
     if tensor.datatype not in INFERENCE_DATATYPES:
-        raise TensorError(
-            f"{what} has datatype {tensor.datatype!r}; expected {' or '.join(INFERENCE_DATATYPES)}"
-        )
+        expected = " or ".join([*INFERENCE_DATATYPES, "BYTES"])
+        raise TensorError(f"{what} has datatype {tensor.datatype!r}; expected {expected}")
     dtype, typed_field = INFERENCE_DATATYPES[tensor.datatype]
     if raw is not None:
         return decode(raw, dtype, tensor.shape, f"{what} raw_input_contents")
     values = getattr(tensor.contents, typed_field)
     return from_values(values, dtype, tensor.shape, f"{what} contents.{typed_field}")
+
+
+def _files(
+    tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None, what: str
+) -> list[bytes]:
+    """A BYTES input's elements: typed `bytes_contents`, or `raw` as the protocol lays them
+    out, each a 4-byte little-endian length and then that many bytes."""
+    shape = _shape(tensor.shape, what)
+    if len(shape) not in (1, 2) or shape[1:] not in ((), (1,)):
+        raise TensorError(f"{what}: BYTES shape {list(shape)}; expected [N] or [N, 1], N files")
+    if raw is None:
+        files = list(tensor.contents.bytes_contents)
+    else:
+        files, offset = [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise TensorError(f"{what} raw_input_contents ends inside an element's length")
+            size = int.from_bytes(raw[offset : offset + 4], "little")
+            offset += 4 + size
+            if offset > len(raw):
+                raise TensorError(
+                    f"{what} raw_input_contents: element {len(files)} says {size} bytes, "
+                    f"{len(raw) - offset + size} are left"
+                )
+            files.append(raw[offset - size : offset])
+    if len(files) != shape[0]:
+        raise TensorError(f"{what} has {len(files)} elements but shape {list(shape)}")
+    return files
 
 
 def decode(

@@ -1,5 +1,4 @@
-"""The gRPC transport: server lifecycle, one thin servicer per API (v1: convserve.v1, v2: the
-Open Inference Protocol) over the protocol-neutral engine, token auth, and the one
-error/metrics boundary."""
+"""The gRPC door and the server: its lifecycle, one thin servicer per API (v1: convserve.v1,
+v2: the Open Inference Protocol) over the protocol-neutral engine, and token auth."""
 
-__all__ = ["auth", "boundary", "engine", "server", "v1", "v2"]
+__all__ = ["auth", "engine", "server", "v1", "v2"]

@@ -9,12 +9,12 @@ them in constant time; no token ever reaches a log line, an error message or a m
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.grpc.boundary import refusing
+from service.boundary import refusing
 from service.tokens import Tokens, digest
 
 __all__ = ["TokenAuth"]
@@ -50,22 +50,21 @@ class TokenAuth(Interceptor):
         method: str = details.method
         if handler is None or method.startswith(OPEN_PREFIX):
             return handler
-        refusal = self._refusal(method, details.invocation_metadata or ())
+        values = [v for k, v in details.invocation_metadata or () if k == "authorization"]
+        refusal = self.refusal(method, values[0] if values and isinstance(values[0], str) else "")
         if refusal is None:
             return handler
         return refusing(handler, method.rsplit("/", 1)[-1], *refusal)
 
-    def _refusal(
-        self, method: str, metadata: Sequence[tuple[str, Any]]
-    ) -> tuple[grpc.StatusCode, str] | None:
-        values = [value for key, value in metadata if key == "authorization"]
-        scheme, _, token = (values[0] if values and isinstance(values[0], str) else "").partition(
-            " "
-        )
+    def refusal(self, method: str, authorization: str) -> tuple[grpc.StatusCode, str] | None:
+        """Why a call of `method` ("/package.Service/Method") with this `authorization`
+        header is refused (status, message), or None: it may go on. The HTTP door asks too,
+        with the gRPC method its route stands for."""
+        scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return (
                 grpc.StatusCode.UNAUTHENTICATED,
-                "this server needs a bearer token: send the metadata 'authorization: Bearer TOKEN'",
+                "this server needs a bearer token: send 'authorization: Bearer TOKEN'",
             )
         scope = self._scope(token.strip())
         if scope is None:

@@ -20,7 +20,7 @@ import numpy as np
 from service import metrics
 from service.batching import Batcher
 from service.calls import ANSWERED_BY
-from service.errors import ResourceExhausted
+from service.errors import TooLarge
 from service.images import as_pixels, decode_files
 from service.model import Explanation, Model
 from service.repository import Repository
@@ -118,7 +118,7 @@ class Engine:
         limit = self.settings.max_message_bytes
         budget = limit - 64 * 1024  # room for the rest of the response
         if len(pixels) * per_image > budget:
-            raise ResourceExhausted(
+            raise TooLarge(
                 f"{what} of {len(pixels)} images are {len(pixels) * per_image} bytes, over the "
                 f"{limit}-byte message limit (max_message_bytes); send at "
                 f"most {max(budget // per_image, 0)} images"

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +19,11 @@ from grpc_reflection.v1alpha import reflection
 
 from convserve.cli import CommandError
 from service import metrics
+from service.boundary import Boundary
 from service.cpus import lower_grpc_threads, on_one_cpu, unpin
 from service.errors import ServiceError, status
 from service.grpc import v1, v2
 from service.grpc.auth import TokenAuth
-from service.grpc.boundary import Boundary
 from service.grpc.engine import Engine
 from service.model import Model
 from service.repository import Repository
@@ -69,6 +70,14 @@ class Server:
         self._metrics_server: Any = None
         self._control_calls = {"load": self.repository.load, "unload": self.repository.unload}
         self._link = Link.from_environment()  # a worker of `--workers`: its supervisor
+        # Both doors (gRPC, HTTP): the same servicers, boundary and tokens.
+        tokens = load_tokens(settings)
+        self._auth = TokenAuth(tokens) if tokens else None
+        self._boundary = Boundary(settings.max_concurrent_requests)
+        self._v1 = v1.ConvServeServicer(self.engine)
+        self._v2 = v2.InferenceServicer(self.engine, self.control)
+        self.http_port: int | None = None
+        self._http: Any = None  # the HTTP door's aiohttp runner
 
     async def start(self) -> int:
         """Bind and start answering (health NOT_SERVING), load every model, then report SERVING.
@@ -96,10 +105,11 @@ class Server:
         if self._link is not None:
             await self._link.serving(self._apply)
         log.info(
-            "serving %s on %s (port %d) after %.2f s%s",
+            "serving %s on %s (gRPC port %d%s) after %.2f s%s",
             ", ".join(self.repository.names) or "no models",
-            address,
+            self.settings.host,
             port,
+            f", HTTP port {self.http_port}" if self.http_port else "",
             time.perf_counter() - started,
             f"; metrics on port {self.metrics_port}" if self.metrics_port else "",
         )
@@ -123,15 +133,37 @@ class Server:
         self._grpc = server
         if self.settings.cpu_affinity and on_one_cpu():
             lower_grpc_threads()  # measured: see docs/performance.md
+        if self.settings.http_port >= 0:
+            await self._start_http()
         return port
+
+    async def _start_http(self) -> None:
+        """The HTTP door on the gRPC host: the V2 REST API and both APIs as Connect calls."""
+        from service.http import connect, rest
+        from service.http.door import Door
+
+        door = Door(self._boundary, self._auth, self.settings.max_message_bytes)
+        rest.add_routes(door, self._v2)
+        connect.add_routes(door, v1.SERVICE, self._v1, raw_responses=v1.RAW_RESPONSES)
+        connect.add_routes(door, v2.SERVICE, self._v2)
+        port = self.settings.http_port
+        try:
+            self._http, self.http_port = await door.serve(
+                self.settings.host,
+                port,
+                reuse_port=os.environ.get(WORKER_ENV) == "1",
+                ssl_context=self._tls_context(),
+                grace_seconds=self.settings.grace_seconds,
+            )
+        except OSError as exc:
+            raise port_in_use(port, "--http-port", exc) from None
 
     def _grpc_server(self) -> grpc.aio.Server:
         """The gRPC server with every service on it: both APIs behind one boundary (and the
         tokens, if any), health, and reflection if asked for."""
         size = self.settings.max_message_bytes
-        tokens = load_tokens(self.settings)
         server = grpc.aio.server(
-            interceptors=[TokenAuth(tokens)] if tokens else None,
+            interceptors=[self._auth] if self._auth else None,
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
@@ -145,9 +177,8 @@ class Server:
                 ("grpc.server.max_pending_requests_hard_limit", self.settings.max_pending_requests),
             ],
         )
-        boundary = Boundary(self.settings.max_concurrent_requests)
-        v1.add_to_server(v1.ConvServeServicer(self.engine), server, boundary)
-        v2.add_to_server(v2.InferenceServicer(self.engine, self.control), server, boundary)
+        v1.add_to_server(self._v1, server, self._boundary)
+        v2.add_to_server(self._v2, server, self._boundary)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.settings.reflection:
             services = [v1.SERVICE_NAME, v2.SERVICE_NAME, health.SERVICE_NAME]
@@ -227,6 +258,18 @@ class Server:
             require_client_auth=client_ca is not None,
         )
 
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The HTTP door's TLS, from the same files as gRPC's (`_tls_credentials`)."""
+        settings = self.settings
+        if settings.tls_cert is None or settings.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_client_ca is not None:
+            context.load_verify_locations(settings.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
     def _start_metrics(self) -> None:
         if self.settings.metrics_port < 0:
             return
@@ -250,8 +293,11 @@ class Server:
             await asyncio.sleep(self.settings.drain_seconds)
         if self._watcher is not None:
             self._watcher.cancel()
+        grace = self.settings.grace_seconds if grace is None else grace
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.grace_seconds if grace is None else grace)
+            await self._grpc.stop(grace)
+        if self._http is not None:
+            await self._http.cleanup()  # calls in flight get --grace-seconds
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

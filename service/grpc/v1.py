@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import json
 import weakref
-from typing import Any
 
 import grpc
 
 from convserve.api.codec import EXPLAIN_METHODS, METHOD_NAMES, from_tensor, layer_message, to_tensor
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
 from convserve.api.pb.convserve.v1 import convserve_pb2_grpc as pb_grpc
+from service.boundary import Boundary, CallContext
 from service.errors import InvalidInput
-from service.grpc.boundary import Boundary
 from service.grpc.engine import Engine, Images
 from service.model import Model
 from service.repository import Repository
 from service.responses import PredictEncoder
 
-__all__ = ["SERVICE_NAME", "ConvServeServicer", "add_to_server"]
+__all__ = ["RAW_RESPONSES", "SERVICE", "SERVICE_NAME", "ConvServeServicer", "add_to_server"]
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ConvServe"]
 SERVICE_NAME = SERVICE.full_name
@@ -36,9 +35,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             weakref.WeakKeyDictionary()
         )
 
-    async def Predict(
-        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> bytes:
+    async def Predict(self, request: pb.PredictRequest, context: CallContext) -> bytes:
         """Answers with the response's wire bytes (see `add_to_server`)."""
         model = self.engine.model(request.model.name, request.model.version)
         top_k = _top_k(request.top_k)
@@ -47,7 +44,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         return self._encoder(model).encode(probabilities, top_k)
 
     async def FeatureMap(
-        self, request: pb.FeatureMapRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.FeatureMapRequest, context: CallContext
     ) -> pb.FeatureMapResponse:
         model = self.engine.model(request.model.name, request.model.version)
         layer = request.layer or model.default_layer
@@ -62,9 +59,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             pre_activations=to_tensor(pre) if pre is not None else None,
         )
 
-    async def Explain(
-        self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ExplainResponse:
+    async def Explain(self, request: pb.ExplainRequest, context: CallContext) -> pb.ExplainResponse:
         model = self.engine.model(request.model.name, request.model.version)
         if request.method not in METHOD_NAMES:
             raise InvalidInput(
@@ -87,9 +82,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             class_names=model.class_names,
         )
 
-    async def Filters(
-        self, request: pb.FiltersRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.FiltersResponse:
+    async def Filters(self, request: pb.FiltersRequest, context: CallContext) -> pb.FiltersResponse:
         model = self.engine.model(request.model.name, request.model.version)
         layer = request.layer or model.default_layer
         kernels, biases = model.filters(layer)
@@ -101,13 +94,13 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         )
 
     async def GetModelMetadata(
-        self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.GetModelMetadataRequest, context: CallContext
     ) -> pb.ModelMetadata:
         model = self.engine.model(request.model.name, request.model.version)
         return _metadata(model, self.engine.repository)
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.ListModelsRequest, context: CallContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             models=[
@@ -132,14 +125,12 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
         return encoder
 
 
+# Predict's answer is already wire bytes (`PredictEncoder`): passed through as they are.
+RAW_RESPONSES = frozenset({"Predict"})
+
+
 def add_to_server(servicer: ConvServeServicer, server: grpc.aio.Server, boundary: Boundary) -> None:
-    """Predict's answer is already wire bytes (`PredictEncoder`): passed through as they are."""
-    boundary.add_service(
-        servicer,
-        SERVICE,
-        server,
-        raw_responses=frozenset({"Predict"}),
-    )
+    boundary.add_service(servicer, SERVICE, server, raw_responses=RAW_RESPONSES)
 
 
 def _images(images: pb.Images) -> Images:

@@ -1,8 +1,9 @@
 """inference.GRPCInferenceService (the Open Inference Protocol, KServe V2) over the `Engine`.
 
 A model has one input (its metadata's input name, UINT8 or FP32 pixels 0..255 of the model's
-input shape: [N, H, W, C], [N, H*W*C], or [N, H, W] for one channel) sent as
-`raw_input_contents` or typed `contents`.
+input shape: [N, H, W, C], [N, H*W*C], or [N, H, W] for one channel; or BYTES [N], N PNG or
+JPEG files, decoded and resized as Predict's files are) sent as `raw_input_contents` or typed
+`contents`.
 Its outputs: the probabilities (the default); every layer with a 4-D output by name, which
 returns that layer's feature maps (FeatureMap through V2); and `gradcam`, `hirescam` and
 `occlusion`, the heatmaps [N, H, W] of Explain's methods, whose requested output takes the
@@ -14,20 +15,18 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
-import numpy as np
 
 from convserve.api.codec import EXPLAIN_METHODS, from_infer_input
 from convserve.api.pb.inference import grpc_predict_v2_pb2 as v2
 from convserve.api.pb.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from service.boundary import Boundary, CallContext, Malformed
 from service.errors import InvalidInput, NotFound, Unavailable
-from service.grpc.boundary import Boundary, Malformed
-from service.grpc.engine import Engine
+from service.grpc.engine import Engine, Images
 from service.model import Explanation, Model
 
-__all__ = ["SERVICE_NAME", "InferenceServicer", "add_to_server"]
+__all__ = ["SERVICE", "SERVICE_NAME", "InferenceServicer", "add_to_server"]
 
 SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME = SERVICE.full_name
@@ -43,17 +42,17 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._control = control
 
     async def ServerLive(
-        self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.ServerLiveRequest, context: CallContext
     ) -> v2.ServerLiveResponse:
         return v2.ServerLiveResponse(live=True)
 
     async def ServerReady(
-        self, request: v2.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.ServerReadyRequest, context: CallContext
     ) -> v2.ServerReadyResponse:
         return v2.ServerReadyResponse(ready=self._repository.ready)
 
     async def ModelReady(
-        self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.ModelReadyRequest, context: CallContext
     ) -> v2.ModelReadyResponse:
         version = _version(request.version)
         try:
@@ -63,7 +62,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return v2.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(
-        self, request: v2.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.ServerMetadataRequest, context: CallContext
     ) -> v2.ServerMetadataResponse:
         return v2.ServerMetadataResponse(
             name="convserve",
@@ -72,7 +71,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
 
     async def ModelMetadata(
-        self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.ModelMetadataRequest, context: CallContext
     ) -> v2.ModelMetadataResponse:
         model = self.engine.model(request.name, _version(request.version))
         tensor = v2.ModelMetadataResponse.TensorMetadata
@@ -99,12 +98,12 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
 
     async def ModelInfer(
-        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.ModelInferRequest, context: CallContext
     ) -> v2.ModelInferResponse:
         return await self._infer(request)
 
     async def ModelStreamInfer(
-        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.ModelInferRequest, context: CallContext
     ) -> v2.ModelStreamInferResponse:
         """One message of the stream; every message is answered, in order. A failed one gets
         its `error_message` (the status name in front, e.g. "NOT_FOUND: ...", see
@@ -112,7 +111,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return v2.ModelStreamInferResponse(infer_response=await self._infer(request))
 
     async def RepositoryIndex(
-        self, request: v2.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.RepositoryIndexRequest, context: CallContext
     ) -> v2.RepositoryIndexResponse:
         index = v2.RepositoryIndexResponse.ModelIndex
         return v2.RepositoryIndexResponse(
@@ -129,7 +128,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
 
     async def RepositoryModelLoad(
-        self, request: v2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.RepositoryModelLoadRequest, context: CallContext
     ) -> v2.RepositoryModelLoadResponse:
         """(Re)load a model's versions from the directory now, as its version policy says."""
         name = _model_name(request.model_name)
@@ -137,7 +136,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return v2.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
-        self, request: v2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: v2.RepositoryModelUnloadRequest, context: CallContext
     ) -> v2.RepositoryModelUnloadResponse:
         """Stop serving a model (in-flight requests finish) until it is loaded again."""
         name = _model_name(request.model_name)
@@ -219,8 +218,9 @@ def _version(text: str) -> int:
     return int(text)
 
 
-def _input(request: v2.ModelInferRequest, model: Model) -> np.ndarray:
-    """The request's one input tensor, through the codec: raw bytes or typed contents."""
+def _input(request: v2.ModelInferRequest, model: Model) -> Images:
+    """The request's one input tensor, through the codec: raw bytes or typed contents; pixels,
+    or (BYTES) PNG/JPEG files."""
     if len(request.inputs) != 1 or request.inputs[0].name != model.input_name:
         given = ", ".join(repr(tensor.name) for tensor in request.inputs) or "none"
         raise InvalidInput(

@@ -71,6 +71,7 @@ def serve_process(models_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str
     env = {**os.environ, "CONVSERVE_DEFAULT_MODEL": "fashion"}
     process = subprocess.Popen(
         [sys.executable, "-m", "convserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--http-port", str(free_port()),
          "--metrics-port", "-1", "--models-dir", str(models_dir), "--log-format", "json",
          "--access-log", "true"],
         stderr=subprocess.PIPE, text=True, env=env,

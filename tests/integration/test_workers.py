@@ -85,6 +85,7 @@ def _start(models_dir: Path, log: Path, workers: int, *flags: str) -> Served:
     with log.open("w") as stderr:  # the child writes to its own copy
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+             "--http-port", str(free_port()),
              "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
              "--workers", str(workers), "--models-dir", str(models_dir),
              "--default-model", "fashion", "--log-format", "json", "--access-log", "true", *flags],
@@ -283,15 +284,16 @@ def test_a_worker_that_keeps_dying_stops_the_server(models_dir: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+@pytest.mark.parametrize("flag", ["--port", "--http-port", "--metrics-port"])
 def test_a_taken_port_is_one_line_naming_it(flag: str, workers: int, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        ports = {"--port": free_port(), "--metrics-port": free_port()}
+        ports = {flag: free_port() for flag in ("--port", "--http-port", "--metrics-port")}
         ports[flag] = taken.getsockname()[1]
         finished = subprocess.run(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(ports["--port"]),
+             "--http-port", str(ports["--http-port"]),
              "--metrics-host", "127.0.0.1", "--metrics-port", str(ports["--metrics-port"]),
              "--workers", str(workers), "--models-dir", str(tmp_path)],
             capture_output=True, text=True, timeout=120, check=False,

@@ -1,7 +1,8 @@
-"""The one boundary between gRPC and the service: every call of convserve's APIs, and every
-message of a stream, passes through it.
+"""The one boundary between the doors (gRPC, HTTP) and the service: every call of convserve's
+APIs, and every message of a stream, passes through it.
 
-`Boundary.add_service` registers a servicer's methods wrapped in it. Requests are parsed
+`Boundary.add_service` registers a servicer's methods on a gRPC server wrapped in it; the HTTP
+door (service.http) passes each call through `Boundary.answer`, the same code. Requests are parsed
 leniently: bytes that are not the request message reach it as `Malformed` and get
 INVALID_ARGUMENT (gRPC would say UNKNOWN). For each call, and each message of a
 bidirectional stream, it admits the work (or refuses it: malformed, too many in flight,
@@ -24,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 from google.protobuf import message_factory
@@ -35,7 +36,18 @@ from service.calls import ANSWERED_BY, DEADLINE
 from service.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, status
 from service.settings import ACCESS_LOGGER
 
-__all__ = ["REQUEST_ID_KEY", "Boundary", "Malformed", "failure", "record", "refusing"]
+__all__ = [
+    "REQUEST_ID_KEY",
+    "Answer",
+    "Boundary",
+    "CallContext",
+    "Malformed",
+    "failure",
+    "new_request_id",
+    "record",
+    "refused",
+    "refusing",
+]
 
 log = logging.getLogger(__name__)
 access = logging.getLogger(ACCESS_LOGGER)
@@ -57,27 +69,53 @@ _ID_PREFIX = uuid.uuid4().hex[:16]
 _calls = itertools.count()
 
 
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_calls):016x}"
+
+
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str):
             return value[:128]
-    return f"{_ID_PREFIX}{next(_calls):016x}"
+    return new_request_id()
 
 
-_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+_series: dict[tuple[str, str, str, str, str], tuple[Any, Any]] = {}
 
 
-def record(model: str, version: str, method: str, code: str, seconds: float) -> None:
+def record(
+    model: str, version: str, method: str, code: str, seconds: float, protocol: str = "grpc"
+) -> None:
     """Count one answered call (a unary call, or one message of a stream) and its latency."""
-    key = (model, version, method, code)
+    key = (model, version, method, code, protocol)
     series = _series.get(key)
     if series is None:  # label lookups cost more than the increments: do them once
         series = _series[key] = (
-            metrics.REQUESTS.labels(model, version, method, code),
-            metrics.REQUEST_DURATION.labels(model, method),
+            metrics.REQUESTS.labels(model, version, method, code, protocol),
+            metrics.REQUEST_DURATION.labels(model, method, protocol),
         )
     series[0].inc()
     series[1].observe(seconds)
+
+
+class CallContext(Protocol):
+    """What the boundary and the servicers need of a call: gRPC's ServicerContext, or the
+    HTTP door's."""
+
+    def time_remaining(self) -> float | None: ...
+
+    def cancelled(self) -> bool: ...
+
+    def code(self) -> grpc.StatusCode | None: ...
+
+
+class Answer(NamedTuple):
+    """A call's outcome: its response, or its status, message and the exception raised."""
+
+    response: Any
+    code: grpc.StatusCode
+    message: str = ""
+    error: Exception | None = None
 
 
 class Malformed:
@@ -130,11 +168,19 @@ def failure(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
 
 
 def _log_access(
-    request_id: str, method: str, model: str, version: str, code: str, seconds: float
-) -> None:
+    request_id: str, method: str, model: str, version: str, code: str, seconds: float,
+    protocol: str,
+) -> None:  # fmt: skip
     fields = {"request_id": request_id, "method": method, "model": model, "version": version,
-              "code": code, "ms": round(seconds * 1e3, 3)}  # fmt: skip
+              "code": code, "ms": round(seconds * 1e3, 3), "protocol": protocol}  # fmt: skip
     access.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
+
+
+def refused(method: str, code: grpc.StatusCode, request_id: str, protocol: str) -> None:
+    """Count and log a call refused before it was read (a missing or wrong token)."""
+    record("", "", method, code.name, 0.0, protocol)
+    if access.isEnabledFor(logging.INFO):
+        _log_access(request_id, method, "", "", code.name, 0.0, protocol)
 
 
 def refusing(
@@ -146,9 +192,7 @@ def refusing(
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         request_id = _request_id(context)
-        record("", "", method, code.name, 0.0)
-        if access.isEnabledFor(logging.INFO):
-            _log_access(request_id, method, "", "", code.name, 0.0)
+        refused(method, code, request_id, "grpc")
         await context.abort(code, message, ((REQUEST_ID_KEY, request_id),))
 
     kind = HANDLERS[(handler.request_streaming, handler.response_streaming)]
@@ -165,6 +209,7 @@ class Boundary:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.inflight = 0
+        self._inflight_series: dict[str, Any] = {}
 
     def add_service(
         self,
@@ -205,13 +250,11 @@ class Boundary:
         )
 
     def _unary(self, handler: Handler, method: str) -> Handler:
-        inflight = metrics.INFLIGHT.labels(method)
-
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             trailer = ((REQUEST_ID_KEY, _request_id(context)),)
             context.set_trailing_metadata(trailer)
-            response, code, message = await self._answer(
-                handler, method, inflight, request, context, trailer[0][1]
+            response, code, message, _ = await self.answer(
+                handler, method, request, context, trailer[0][1]
             )
             if code is grpc.StatusCode.OK:
                 return response
@@ -224,16 +267,14 @@ class Boundary:
     def _stream(
         self, handler: Handler, method: str, error: StreamError
     ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
-        inflight = metrics.INFLIGHT.labels(method)
-
         async def stream(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             request_id = _request_id(context)
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             async for request in requests:
-                response, code, message = await self._answer(
-                    handler, method, inflight, request, context, request_id
+                response, code, message, _ = await self.answer(
+                    handler, method, request, context, request_id
                 )
                 yield (
                     response
@@ -243,22 +284,25 @@ class Boundary:
 
         return stream
 
-    async def _answer(
+    async def answer(
         self,
-        handler: Handler,
+        handler: Callable[[Any, Any], Awaitable[Any]],
         method: str,
-        inflight: Any,
         request: Any,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: CallContext,
         request_id: str,
-    ) -> tuple[Any, grpc.StatusCode, str]:
-        """One call or stream message: (response, OK, "") or (None, its status, the message).
+        protocol: str = "grpc",
+    ) -> Answer:
+        """One call or stream message: its response, or its status and message.
 
         Raises CancelledError when the caller has gone or its deadline has passed: no answer.
         """
         started = time.perf_counter()
         ANSWERED_BY.set(("", ""))
-        code, message, response = grpc.StatusCode.OK, "", None
+        code, message, response, error = grpc.StatusCode.OK, "", None, None
+        inflight = self._inflight_series.get(method)
+        if inflight is None:
+            inflight = self._inflight_series[method] = metrics.INFLIGHT.labels(method)
         inflight.inc()
         try:
             if type(request) is Malformed:
@@ -276,6 +320,7 @@ class Boundary:
             raise
         except Exception as exc:
             code, message = failure(exc, f"{method} (request id {request_id})")
+            error = exc
             remaining = context.time_remaining()
             if context.cancelled() or (remaining is not None and remaining <= 0):
                 raise asyncio.CancelledError from None  # the caller left or gave up: no answer
@@ -283,10 +328,10 @@ class Boundary:
             inflight.dec()
             model, version = ANSWERED_BY.get()
             seconds = time.perf_counter() - started
-            record(model, version, method, code.name, seconds)
+            record(model, version, method, code.name, seconds, protocol)
             if access.isEnabledFor(logging.INFO):
-                _log_access(request_id, method, model, version, code.name, seconds)
-        return response, code, message
+                _log_access(request_id, method, model, version, code.name, seconds, protocol)
+        return Answer(response, code, message, error)
 
     def _admit(self, remaining: float | None) -> None:
         """Take work with `remaining` seconds to its deadline (None: none), or refuse it."""

@@ -1,0 +1,4 @@
+"""The HTTP door: the Open Inference Protocol's REST API (`rest`) and every unary gRPC method
+as JSON or protobuf over HTTP (`connect`), through the same boundary (`door`)."""
+
+__all__ = ["connect", "door", "rest"]
