@@ -322,7 +322,11 @@ class Boundary:
             code, message = failure(exc, f"{method} (request id {request_id})")
             error = exc
             remaining = context.time_remaining()
-            if context.cancelled() or (remaining is not None and remaining <= 0):
+            # Past its deadline a gRPC caller has stopped waiting; an HTTP caller may still
+            # wait (the deadline was the server's to keep): it gets its answer.
+            answers_late = getattr(context, "answers_late", False)
+            late = remaining is not None and remaining <= 0 and not answers_late
+            if context.cancelled() or late:
                 raise asyncio.CancelledError from None  # the caller left or gave up: no answer
         finally:
             inflight.dec()

@@ -49,9 +49,11 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 class HttpContext:
-    """What the boundary and servicers know of an HTTP call: its deadline."""
+    """What the boundary and servicers know of an HTTP call: its deadline. Past it, the
+    call is still answered (DEADLINE_EXCEEDED): the caller may be waiting for it."""
 
     __slots__ = ("deadline",)
+    answers_late = True
 
     def __init__(self, timeout_ms: str | None) -> None:
         self.deadline: float | None = None

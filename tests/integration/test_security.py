@@ -189,7 +189,8 @@ def test_a_refused_call_has_its_request_id_and_access_log_line(
     assert dict(caught.value.trailing_metadata())["x-request-id"] == "no-token-7"
     lines = [r.getMessage() for r in caplog.records if "request_id=no-token-7" in r.getMessage()]
     assert lines == [
-        "request_id=no-token-7 method=ListModels model= version= code=UNAUTHENTICATED ms=0.0 protocol=grpc"
+        "request_id=no-token-7 method=ListModels model= version= code=UNAUTHENTICATED ms=0.0"
+        " protocol=grpc"
     ]
 
 
