@@ -51,7 +51,7 @@ def calls(server: Server, model: str) -> dict[str, tuple[Call, Any]]:
             predict_request(image, model, None, 3),
         ),
         "v2": (
-            v2_servicer.InferenceServicer(server.engine, server.control).ModelInfer,
+            v2_servicer.InferenceServicer(server.engine, server.control, server.ready).ModelInfer,
             infer,
         ),
     }

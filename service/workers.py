@@ -236,7 +236,7 @@ class Supervisor:
         self._unloaded: set[str] = set()
         self._sequence = 0
         self._exits: collections.deque[float] = collections.deque()
-        self._ready: set[int] = set()
+        self._served: set[int] = set()  # the workers that have served (before dying, maybe)
         self._stopping = False
         self._stopped = asyncio.Event()
         self._status = 0
@@ -369,7 +369,6 @@ class Supervisor:
 
         if self._members.get(worker.index) is worker:
             del self._members[worker.index]
-        self._ready.discard(worker.index)
         for ack in worker.acks.values():
             if not ack.done():
                 ack.set_result(None)
@@ -387,10 +386,19 @@ class Supervisor:
                 ack = worker.acks.pop(message["applied"], None)
                 if ack is not None and not ack.done():
                     ack.set_result(message)
+            elif "ready" in message and worker.index in self._served:
+                log.info("%s serving in its predecessor's place", worker)
             elif "ready" in message:
-                self._ready.add(worker.index)
-                if len(self._ready) == self.settings.workers:
-                    log.info("all %d workers serving", len(self._ready))
+                self._served.add(worker.index)
+                if len(self._served) == self.settings.workers:
+                    self._log_serving()
+
+    def _log_serving(self) -> None:
+        settings = self.settings
+        http = f", HTTP on port {settings.http_port}" if settings.http_port > 0 else ""
+        log.info(
+            "serving with %d workers: gRPC on port %d%s", settings.workers, settings.port, http
+        )
 
     # -- control calls, one at a time, in one order ------------------------------------------
 

@@ -75,7 +75,8 @@ class Server:
         self._auth = TokenAuth(tokens) if tokens else None
         self._boundary = Boundary(settings.max_concurrent_requests)
         self._v1 = v1.ConvServeServicer(self.engine)
-        self._v2 = v2.InferenceServicer(self.engine, self.control)
+        self._v2 = v2.InferenceServicer(self.engine, self.control, self.ready)
+        self._draining = False
         self.http_port: int | None = None
         self._http: Any = None  # the HTTP door's aiohttp runner
 
@@ -193,6 +194,11 @@ class Server:
         finally:
             await self._update_health()
 
+    def ready(self) -> bool:
+        """Whether the server takes calls: its models loaded, and not stopping (V2's
+        ServerReady, over gRPC and HTTP, as the health service says)."""
+        return self.repository.ready and not self._draining
+
     async def control(self, action: str, name: str, timeout: float | None = None) -> None:
         """Load or unload model `name` (`Repository.load`/`unload`): in every worker of the
         server before returning, or raise what went wrong (naming a worker that did not
@@ -287,6 +293,7 @@ class Server:
         """Health NOT_SERVING at once; keep answering for `drain_seconds` while load balancers
         move away; then refuse new calls and let in-flight ones finish in `grace` s."""
         await self._health.enter_graceful_shutdown()
+        self._draining = True
         metrics.WORKERS.set(0)
         if self.settings.drain_seconds:
             log.info("NOT_SERVING; still answering for %.1f s", self.settings.drain_seconds)

@@ -34,12 +34,17 @@ SERVICE_NAME = SERVICE.full_name
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, engine: Engine, control: Callable[[str, str, float | None], Awaitable[None]]
+        self,
+        engine: Engine,
+        control: Callable[[str, str, float | None], Awaitable[None]],
+        ready: Callable[[], bool],
     ) -> None:
-        """`control(action, name, timeout)`: `Server.control`, load/unload in every worker."""
+        """`control(action, name, timeout)`: `Server.control`, load/unload in every worker;
+        `ready()`: whether the server takes calls (`Server.ready`)."""
         self.engine = engine
         self._repository = engine.repository
         self._control = control
+        self._ready = ready
 
     async def ServerLive(
         self, request: v2.ServerLiveRequest, context: CallContext
@@ -49,7 +54,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ServerReady(
         self, request: v2.ServerReadyRequest, context: CallContext
     ) -> v2.ServerReadyResponse:
-        return v2.ServerReadyResponse(ready=self._repository.ready)
+        return v2.ServerReadyResponse(ready=self._ready())
 
     async def ModelReady(
         self, request: v2.ModelReadyRequest, context: CallContext

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,31 @@ def test_past_max_concurrent_requests_calls_are_refused_at_once(models_dir: Path
         assert all(isinstance(o, ResourceExhausted) for o in outcomes), outcomes
         assert "the most it takes at once (max_concurrent_requests)" in str(outcomes[0])
         assert not isinstance(asyncio.run(_outcomes(server.target, (ONE, 30)))[0], Exception)
+
+
+def test_over_http_the_same_limit_sheds_with_429(models_dir: Path) -> None:
+    """The HTTP door goes through the same boundary: the same limit, a 429 and a JSON error."""
+    body = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 784],
+                                   "data": [0] * 784}]}).encode()  # fmt: skip
+
+    def infer(port: int) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/models/fashion/infer", body,
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    async def during(client: AsyncClient, first: asyncio.Future[Any]) -> list[Any]:
+        return [await asyncio.to_thread(infer, server.server.http_port)]
+
+    with _gated_server(models_dir, max_concurrent_requests=1) as (server, gated):
+        _, ((status, error),) = asyncio.run(_while_computing(server, gated, during))
+        assert status == 429 and "(max_concurrent_requests)" in error["error"]
+        assert infer(server.server.http_port)[0] == 200  # and then it answers
 
 
 def test_past_max_queued_requests_calls_are_refused_at_once(models_dir: Path) -> None:

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,6 +240,14 @@ async def test_a_second_server_on_a_busy_port_fails(server, models_dir: Path) ->
         await second.stop(0)
 
 
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 async def test_draining_answers_while_health_says_not_serving(models_dir: Path) -> None:
     """What lets a load balancer move traffic away before a stopping replica refuses calls."""
     from client import AsyncClient
@@ -251,9 +261,12 @@ async def test_draining_answers_while_health_says_not_serving(models_dir: Path) 
     image = np.zeros((1, 28, 28), np.uint8)
     async with AsyncClient(f"127.0.0.1:{await server.start()}", retries=0) as client:
         assert await client.health() == "SERVING"
+        ready = f"http://127.0.0.1:{server.http_port}/v2/health/ready"
+        assert await asyncio.to_thread(_status, ready) == 200
         stopping = asyncio.create_task(server.stop())
         await asyncio.sleep(0.3)
         assert await client.health() == "NOT_SERVING"
+        assert await asyncio.to_thread(_status, ready) == 400  # V2 readiness agrees
         assert (await client.predict(image)).model == "fashion"
         await stopping
         with pytest.raises(Unavailable):

@@ -206,3 +206,37 @@ def test_repository_index_lists_the_loaded_versions(
         ("fashion", "1", "READY"),
         ("layers", "1", "READY"),
     ]
+
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["raw", "typed"])
+def test_bytes_input_carries_png_files(
+    server: Any, stub: v2_grpc.GRPCInferenceServiceStub, test_images: Dataset, typed: bool
+) -> None:
+    """BYTES [N]: N PNG/JPEG files, decoded as Predict's files are; raw contents each with its
+    4-byte little-endian length."""
+    files = [_png(image) for image in test_images.images[:3]]
+    tensor = v2.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[3])
+    request = v2.ModelInferRequest(model_name="fashion", inputs=[tensor])
+    if typed:
+        request.inputs[0].contents.bytes_contents.extend(files)
+    else:
+        request.raw_input_contents.append(b"".join(len(f).to_bytes(4, "little") + f for f in files))
+    with Client(server.target) as client:
+        expected = client.predict(test_images.images[:3]).probabilities
+    np.testing.assert_allclose(output(stub.ModelInfer(request)), expected, atol=1e-6)
+    request.raw_input_contents[:] = [len(files[0]).to_bytes(4, "little") + files[0][:-1]]
+    del request.inputs[0].contents.bytes_contents[:]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "element 0 says" in caught.value.details()

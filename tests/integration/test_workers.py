@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ class Served:
     target: str
     metrics_port: int
     log: Path
+    http_port: int
 
     def scrape(self) -> str:
         return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
@@ -81,17 +84,17 @@ def _replaced(served: Served, victim: int, workers: int) -> bool:
 
 
 def _start(models_dir: Path, log: Path, workers: int, *flags: str) -> Served:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     with log.open("w") as stderr:  # the child writes to its own copy
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-             "--http-port", str(free_port()),
+             "--http-port", str(http_port),
              "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
              "--workers", str(workers), "--models-dir", str(models_dir),
              "--default-model", "fashion", "--log-format", "json", "--access-log", "true", *flags],
             stderr=stderr,
         )  # fmt: skip
-    served = Served(process, f"127.0.0.1:{port}", metrics_port, log)
+    served = Served(process, f"127.0.0.1:{port}", metrics_port, log, http_port)
     _wait(lambda: _gauge(served.scrape(), "convserve_workers") == workers, process, 120)
     return served
 
@@ -162,6 +165,23 @@ def test_unload_and_load_reach_every_worker_before_they_return(served: Served) -
     # Each worker answered some of the 400 (the access log names the pid): not one alone.
     answered = served.pids_answering("Predict") - before
     assert set(answered) == set(served.workers()) and len(answered) == WORKERS, answered
+
+
+def _http(served: Served, method: str, path: str) -> int:
+    """One call on a new connection: its HTTP status."""
+    request = urllib.request.Request(f"http://127.0.0.1:{served.http_port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_rest_unload_and_load_reach_every_worker_too(served: Served) -> None:
+    assert _http(served, "POST", "/v2/repository/models/cam/unload") == 200
+    assert {_http(served, "GET", "/v2/models/cam/ready") for _ in range(40)} == {400}
+    assert _http(served, "POST", "/v2/repository/models/cam/load") == 200
+    assert {_http(served, "GET", "/v2/models/cam/ready") for _ in range(40)} == {200}
 
 
 def test_rounds_of_unload_and_load_leave_every_worker_alike(served: Served) -> None:
