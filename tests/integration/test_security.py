@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,21 @@ def test_tls_answers_clients_that_trust_its_ca(tls_server: RunningServer, pki: A
             client.predict(IMAGE)
 
 
+def _https_status(port: int, context: ssl.SSLContext) -> int:
+    url = f"https://127.0.0.1:{port}/v2/health/ready"
+    with urllib.request.urlopen(url, timeout=10, context=context) as answer:
+        return int(answer.status)
+
+
+def test_the_http_door_speaks_the_same_tls(tls_server: RunningServer, pki: Any) -> None:
+    port = tls_server.server.http_port
+    assert _https_status(port, ssl.create_default_context(cafile=pki["ca"])) == 200
+    with pytest.raises(urllib.error.URLError):  # a CA that did not sign it
+        _https_status(port, ssl.create_default_context(cafile=pki["stranger_ca"]))
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=10)
+
+
 def test_reflection_can_be_switched_off(tls_server: RunningServer, pki: Any) -> None:
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,
@@ -96,6 +114,12 @@ def test_mutual_tls_needs_a_client_certificate_its_ca_signed(
                 pytest.raises(Unavailable),
             ):
                 client.predict(IMAGE)
+        # The HTTP door asks for the same client certificates.
+        context = ssl.create_default_context(cafile=pki["ca"])
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            _https_status(server.server.http_port, context)
+        context.load_cert_chain(pki["client"].cert, pki["client"].key)
+        assert _https_status(server.server.http_port, context) == 200
 
 
 @pytest.fixture(scope="module")
