@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from service.boundary import REQUEST_ID_KEY, Boundary, new_request_id, refused
+from service.boundary import REQUEST_ID_KEY, Boundary, Malformed, new_request_id, refused
 from service.errors import InvalidInput, SlowRequest, TooLarge, http_status
 from service.grpc.auth import TokenAuth
 
@@ -115,12 +115,13 @@ class Door:
             refused(route.method, code, request_id, "http")
             response = route.error(http_status(code), code, message)
         else:
+            call: Any = request
             try:
                 context = HttpContext(request.headers.get("Connect-Timeout-Ms"))
-            except InvalidInput as exc:
-                return route.error(400, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except InvalidInput as exc:  # refused by the boundary, counted and logged
+                context, call = HttpContext(None), Malformed(str(exc))
             answer = await self._boundary.answer(
-                route.call, route.method, request, context, request_id, "http"
+                route.call, route.method, call, context, request_id, "http"
             )
             if answer.code is grpc.StatusCode.OK:
                 response = answer.response
