@@ -2,6 +2,8 @@
 
 The client has its own retries off (`retries=0`): every failure Envoy lets through is counted.
 The tests run in file order against one cluster; the kill -9 test restarts its replica.
+Envoy's HTTP health checks (`GET /v2/health/ready`) are requests too, counted with
+`protocol="http"`: the counts of gRPC calls below are of `protocol="grpc"` only.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import json
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client import Client
 from client.errors import ConvserveError
-from tests.conftest import http_get
+from tests.conftest import http_get, metric
 from tests.deploy.topology import DEPLOY, Cluster, Replica, running, wait_until
 
 CALLERS = 8
@@ -35,16 +41,12 @@ def cluster(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(autouse=True)
 def every_replica_serving(cluster: Cluster) -> None:
-    """Each test starts with every replica up and healthy in Envoy, whatever ran before it
-    (an earlier test may have stopped one)."""
+    """Each test starts with every replica up and healthy in Envoy (gRPC and HTTP), whatever
+    ran before it (an earlier test may have stopped one)."""
     for replica in cluster.replicas:
         if replica.process.poll() is not None:
             replica.start()
-    wait_until(
-        lambda: cluster.healthy_replicas() == len(cluster.replicas),
-        "every replica healthy in Envoy",
-        120,
-    )
+    wait_until(cluster.all_healthy, "every replica healthy in Envoy", 120)
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +118,13 @@ class Load:
 
 
 def answered(replica: Replica) -> int:
-    """The replica's own count of requests answered (every method and code), from /metrics."""
+    """The replica's own count of gRPC calls answered (every method and code), from /metrics."""
     families = text_string_to_metric_families(http_get(replica.metrics_url))
     family = next(f for f in families if f.name == "convserve_requests")
-    return int(sum(sample.value for sample in family.samples if sample.name.endswith("_total")))
+    return int(sum(
+        sample.value for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["protocol"] == "grpc"
+    ))  # fmt: skip
 
 
 def test_requests_spread_over_the_replicas(cluster: Cluster, images: np.ndarray) -> None:
@@ -133,11 +138,57 @@ def test_requests_spread_over_the_replicas(cluster: Cluster, images: np.ndarray)
     assert all(0.25 <= share <= 0.42 for share in shares), shares
 
 
+def _http(url: str, body: object = None) -> tuple[int, dict[str, Any]]:
+    """GET `url`, or POST `body` to it as JSON: (status, the JSON answer)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _infer_body(image: np.ndarray) -> dict[str, Any]:
+    """A V2 REST inference request: one 28×28 uint8 image as JSON numbers."""
+    data = image.reshape(-1).tolist()
+    return {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 784], "data": data}]}
+
+
+def inferred_over_http(replica: Replica) -> int:
+    """The replica's own count of V2 inferences answered over HTTP, from /metrics."""
+    page = http_get(replica.metrics_url)
+    return int(metric(page, "convserve_requests_total", method="ModelInfer", protocol="http"))
+
+
+def test_http_through_envoy_is_ready_infers_and_spreads_over_the_replicas(
+    cluster: Cluster, images: np.ndarray
+) -> None:
+    assert _http(f"{cluster.http}/v2/health/ready") == (200, {"ready": True})
+
+    url = f"{cluster.http}/v2/models/fashion/infer"
+    before = [inferred_over_http(replica) for replica in cluster.replicas]
+    with ThreadPoolExecutor(CALLERS) as pool:
+        answers = list(pool.map(lambda i: _http(url, _infer_body(images[i % len(images)])),
+                                range(600)))  # fmt: skip
+    assert [status for status, _ in answers] == [200] * 600, [a for a in answers if a[0] != 200]
+    for _, answer in answers[:3]:
+        (output,) = [o for o in answer["outputs"] if o["name"] == "probabilities"]
+        assert output["shape"] == [1, 10] and len(output["data"]) == 10
+        assert abs(sum(output["data"]) - 1) < 1e-4
+    served = [inferred_over_http(r) - b for r, b in zip(cluster.replicas, before, strict=True)]
+    assert sum(served) == 600
+    shares = [count / 600 for count in served]
+    print(f"\nHTTP spread over 600 inferences: {served} = {[f'{s:.1%}' for s in shares]}")
+    assert all(0.2 <= share <= 0.47 for share in shares), shares
+
+
 def test_prometheus_counts_every_request_of_every_replica(
     cluster: Cluster, images: np.ndarray
 ) -> None:
     def prometheus_total() -> int:
-        return int(sum(float(r["value"][1]) for r in cluster.query("convserve_requests_total")))
+        query = 'convserve_requests_total{protocol="grpc"}'
+        return int(sum(float(r["value"][1]) for r in cluster.query(query)))
 
     settled = sum(answered(replica) for replica in cluster.replicas)
     wait_until(lambda: prometheus_total() == settled, "Prometheus to scrape every replica", 30)
@@ -203,8 +254,8 @@ def _during_load(cluster: Cluster, images: np.ndarray, event: object) -> tuple[i
     return total, total - at_event, _envoy_retries(cluster) - retries_before
 
 
-def _envoy_retries(cluster: Cluster) -> int:
-    stats = http_get(f"{cluster.envoy_admin}/stats?filter=^cluster.convserve.upstream_rq_retry$")
+def _envoy_retries(cluster: Cluster, name: str = "convserve") -> int:
+    stats = http_get(f"{cluster.envoy_admin}/stats?filter=^cluster.{name}.upstream_rq_retry$")
     return int(stats.split(":")[1])
 
 
@@ -239,3 +290,67 @@ def test_sigterm_drains_a_replica_under_load_and_fails_no_request(
     assert "stopped" in replica.log.read_text()
     assert after > 100
     print(f"\nSIGTERM: {total} requests, {after} after the signal, 0 failed, {retries} retried")
+
+
+class HttpLoad:
+    """CALLERS threads POSTing V2 inferences through Envoy's HTTP listener until `stop()`,
+    counting outcomes by HTTP status (or the error, when no answer came)."""
+
+    def __init__(self, url: str, images: np.ndarray) -> None:
+        self.outcomes: collections.Counter[int | str] = collections.Counter()
+        self._url, self._images = url, images
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._caller, args=(i,)) for i in range(CALLERS)]
+
+    def _caller(self, first: int) -> None:
+        for index in itertools.count(first, CALLERS):
+            if self._stop.is_set():
+                return
+            outcome: int | str
+            try:
+                outcome, _ = _http(self._url, _infer_body(self._images[index % len(self._images)]))
+            except OSError as exc:
+                outcome = repr(exc)
+            with self._lock:
+                self.outcomes[outcome] += 1
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> collections.Counter[int | str]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        return self.outcomes
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.outcomes.values())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_replica_stopping_under_http_load_fails_no_http_request(
+    cluster: Cluster, images: np.ndarray, signum: signal.Signals
+) -> None:
+    """Envoy's HTTP route retries what a stopping replica could not answer (a refused or
+    reset connection, a 503), as its gRPC route does."""
+    replica = cluster.replicas[2]
+    retries_before = _envoy_retries(cluster, "convserve_http")
+    load = HttpLoad(f"{cluster.http}/v2/models/fashion/infer", images)
+    load.start()
+    try:
+        time.sleep(1.5)
+        at_signal = load.total()
+        replica.process.send_signal(signum)
+        replica.process.wait(timeout=30)  # SIGTERM: after 5 s of drain
+        time.sleep(3)
+    finally:
+        outcomes = load.stop()
+    total = sum(outcomes.values())
+    assert outcomes == {200: total}, outcomes
+    assert total - at_signal > 100  # the other replicas kept answering
+    retries = _envoy_retries(cluster, "convserve_http") - retries_before
+    print(f"\n{signum.name} over HTTP: {total} requests, {total - at_signal} after it, 0 failed, "
+          f"{retries} retried")  # fmt: skip

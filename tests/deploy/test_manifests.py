@@ -14,7 +14,7 @@ import yaml
 
 from client import Client
 from tests.conftest import http_get
-from tests.deploy.topology import DEPLOY, ENVOY, ROOT
+from tests.deploy.topology import DEPLOY, ENVOY, ENVOY_CLUSTERS, ROOT
 
 BIN = Path(sys.executable).parent
 
@@ -54,6 +54,32 @@ def _settings_env(env: dict[str, str]) -> None:
 # --- Envoy ---
 
 
+def _envoy() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((DEPLOY / "envoy.yaml").read_text())
+    return config
+
+
+def _envoy_listeners() -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in _envoy()["static_resources"]["listeners"]}
+
+
+def _envoy_clusters() -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in _envoy()["static_resources"]["clusters"]}
+
+
+def _envoy_routes(listener: str) -> list[dict[str, Any]]:
+    manager = _envoy_listeners()[listener]["filter_chains"][0]["filters"][0]["typed_config"]
+    (host,) = manager["route_config"]["virtual_hosts"]
+    routes: list[dict[str, Any]] = host["routes"]
+    assert {route["route"]["cluster"] for route in routes} == {ENVOY_CLUSTERS[listener]}
+    return routes
+
+
+def _envoy_port(listener: str) -> int:
+    port: int = _envoy_listeners()[listener]["address"]["socket_address"]["port_value"]
+    return port
+
+
 def test_envoy_validates_the_config_and_rejects_a_broken_one(tmp_path: Path) -> None:
     done = _run(ENVOY, "--mode", "validate", "--config-path", DEPLOY / "envoy.yaml")
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr
@@ -78,10 +104,7 @@ def test_envoy_retries_every_idempotent_rpc_and_nothing_else() -> None:
     from convserve.api.pb.convserve.v1 import convserve_pb2
     from convserve.api.pb.inference import grpc_predict_v2_pb2
 
-    config = yaml.safe_load((DEPLOY / "envoy.yaml").read_text())
-    (listener,) = config["static_resources"]["listeners"]
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    (host,) = manager["route_config"]["virtual_hosts"]
+    routes = _envoy_routes("grpc")
     services = [
         *convserve_pb2.DESCRIPTOR.services_by_name.values(),
         *grpc_predict_v2_pb2.DESCRIPTOR.services_by_name.values(),
@@ -89,7 +112,7 @@ def test_envoy_retries_every_idempotent_rpc_and_nothing_else() -> None:
     paths = [f"/{s.full_name}/{m.name}" for s in services for m in s.methods]
     paths.append("/grpc.health.v1.Health/Check")
     for path in paths:
-        route = _route_for(path, host["routes"])
+        route = _route_for(path, routes)
         if path.endswith(("/RepositoryModelLoad", "/RepositoryModelUnload")):
             assert "retry_policy" not in route, path  # changes state
         elif path.endswith("/ModelStreamInfer"):
@@ -99,18 +122,83 @@ def test_envoy_retries_every_idempotent_rpc_and_nothing_else() -> None:
             assert {"unavailable", "reset", "connect-failure"} <= retry_on, path
 
 
+class _Routes:
+    """Collects the HTTP door's routes, as `service.http.door.Door` would serve them."""
+
+    def __init__(self) -> None:
+        self.routes: list[tuple[str, str]] = []  # (path, the gRPC method it stands for)
+
+    def add(self, http_method: str, path: str, route: Any) -> None:
+        path = path.replace("{model}", "fashion").replace("{version}", "1")
+        self.routes.append((path, route.grpc_method))
+
+
+class _AnyServicer:
+    def __getattr__(self, name: str) -> Any:
+        return None
+
+
+def test_envoy_http_retries_every_idempotent_route_and_nothing_else() -> None:
+    """Every route of the replicas' HTTP door (REST and Connect), through Envoy's HTTP
+    listener: retried unless it loads or unloads a model."""
+    from convserve.api.pb.convserve.v1 import convserve_pb2
+    from convserve.api.pb.inference import grpc_predict_v2_pb2
+    from service.http import connect, rest
+
+    door = _Routes()
+    rest.add_routes(door, _AnyServicer())  # type: ignore[arg-type]
+    for pb in (convserve_pb2, grpc_predict_v2_pb2):
+        for service in pb.DESCRIPTOR.services_by_name.values():
+            connect.add_routes(door, service, _AnyServicer())  # type: ignore[arg-type]
+    infer = ("/v2/models/fashion/infer", "/inference.GRPCInferenceService/ModelInfer")
+    assert len(door.routes) > 20 and infer in door.routes
+    routes = _envoy_routes("http")
+    for path, method in door.routes:
+        route = _route_for(path, routes)
+        if method.endswith(("/RepositoryModelLoad", "/RepositoryModelUnload")):
+            assert "retry_policy" not in route, path  # changes state
+        else:
+            policy = route["retry_policy"]
+            retry_on = set(policy["retry_on"].split(","))
+            assert {"reset", "connect-failure", "retriable-status-codes"} <= retry_on, path
+            assert policy["retriable_status_codes"] == [503], path  # UNAVAILABLE
+
+
 def test_envoy_finds_the_replicas_the_k8s_service_and_compose_name() -> None:
-    config = yaml.safe_load((DEPLOY / "envoy.yaml").read_text())
-    (cluster,) = config["static_resources"]["clusters"]
-    (group,) = cluster["load_assignment"]["endpoints"]
-    (endpoint,) = group["lb_endpoints"]
-    address = endpoint["endpoint"]["address"]["socket_address"]
-    service = _k8s("Service", address["address"])
-    assert service["spec"]["clusterIP"] == "None"  # headless: DNS gives every pod
-    assert address["port_value"] in [port["port"] for port in service["spec"]["ports"]]
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    assert address["address"] in compose["services"]
-    assert cluster["health_checks"][0]["grpc_health_check"] == {}  # the whole server's health
+    clusters = _envoy_clusters()
+    assert set(clusters) == set(ENVOY_CLUSTERS.values())
+    for cluster in clusters.values():
+        (group,) = cluster["load_assignment"]["endpoints"]
+        (endpoint,) = group["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        service = _k8s("Service", address["address"])
+        assert service["spec"]["clusterIP"] == "None"  # headless: DNS gives every pod
+        assert address["port_value"] in [port["port"] for port in service["spec"]["ports"]]
+        assert address["address"] in compose["services"]
+        assert str(address["port_value"]) in compose["services"][address["address"]]["expose"]
+    # The whole server's health: grpc.health.v1, and the Open Inference Protocol's readiness.
+    assert clusters["convserve"]["health_checks"][0]["grpc_health_check"] == {}
+    (check,) = clusters["convserve_http"]["health_checks"]
+    assert check["http_health_check"] == {"path": "/v2/health/ready"}
+
+
+def test_envoy_listeners_are_the_ports_of_its_pod_service_and_compose() -> None:
+    """Each Envoy listener (grpc, http) is a named port of Envoy's pod, its Service, and
+    published by compose: gRPC clients on 50051, HTTP clients on 8080."""
+    (container,) = _k8s("Deployment", "envoy")["spec"]["template"]["spec"]["containers"]
+    pod = {port["name"]: port["containerPort"] for port in container["ports"]}
+    service = {port["name"]: port for port in _k8s("Service", "envoy")["spec"]["ports"]}
+    published = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["envoy"]["ports"]
+    outside = {int(inside): int(host) for host, inside in (p.split(":") for p in published)}
+    public = {"grpc": GRPC_PORT, "http": HTTP_PORT}
+    assert set(_envoy_listeners()) == set(public)
+    for name, port in public.items():
+        assert pod[name] == _envoy_port(name)
+        assert (service[name]["port"], service[name]["targetPort"]) == (port, name)
+        assert outside[_envoy_port(name)] == port
+    assert service["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    assert service["http"]["appProtocol"] == "http"
 
 
 # --- Prometheus and Grafana ---
@@ -295,26 +383,30 @@ def test_dockerfile_runs_pinned_as_non_root_with_a_health_check(server: Any) -> 
 # (service/metrics.py): no port per worker anywhere.
 METRICS_PORT = 8000
 GRPC_PORT = 50051
+HTTP_PORT = 8080
 
 
 def test_the_server_defaults_to_the_ports_the_image_exposes() -> None:
     from service.settings import Settings
 
     assert Settings.model_fields["port"].default == GRPC_PORT
+    assert Settings.model_fields["http_port"].default == HTTP_PORT
     assert Settings.model_fields["metrics_port"].default == METRICS_PORT
     exposed = [arg.split() for op, arg in _dockerfile() if op == "EXPOSE"]
-    assert [sorted(map(int, ports)) for ports in exposed] == [[METRICS_PORT, GRPC_PORT]]
+    assert [sorted(map(int, ports)) for ports in exposed] == [[METRICS_PORT, HTTP_PORT, GRPC_PORT]]
     env = dict(
         re.findall(r"(CONVSERVE_\w+)=(\S+)", str([a for op, a in _dockerfile() if op == "ENV"]))
     )
     assert int(env.get("CONVSERVE_METRICS_PORT", METRICS_PORT)) == METRICS_PORT
+    assert int(env.get("CONVSERVE_HTTP_PORT", HTTP_PORT)) == HTTP_PORT
 
 
-def test_compose_exposes_grpc_and_the_one_metrics_port() -> None:
+def test_compose_exposes_grpc_http_and_the_one_metrics_port() -> None:
     convserve = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["convserve"]
     assert int(convserve["environment"]["CONVSERVE_WORKERS"]) > 1  # several workers, one port
     assert int(convserve["environment"]["CONVSERVE_METRICS_PORT"]) == METRICS_PORT
-    assert sorted(map(int, convserve["expose"])) == [METRICS_PORT, GRPC_PORT]
+    assert int(convserve["environment"].get("CONVSERVE_HTTP_PORT", HTTP_PORT)) == HTTP_PORT
+    assert sorted(map(int, convserve["expose"])) == [METRICS_PORT, HTTP_PORT, GRPC_PORT]
 
 
 def test_kubernetes_pod_and_service_expose_one_metrics_port_the_annotation_names() -> None:
@@ -323,15 +415,20 @@ def test_kubernetes_pod_and_service_expose_one_metrics_port_the_annotation_names
     env = {var["name"]: var["value"] for var in container["env"]}
     assert int(env["CONVSERVE_WORKERS"]) > 1  # several workers, one port
     assert int(env["CONVSERVE_METRICS_PORT"]) == METRICS_PORT
+    assert int(env.get("CONVSERVE_HTTP_PORT", HTTP_PORT)) == HTTP_PORT
     ports = sorted((port["name"], port["containerPort"]) for port in container["ports"])
-    assert ports == [("grpc", GRPC_PORT), ("metrics", METRICS_PORT)]
+    assert ports == [("grpc", GRPC_PORT), ("http", HTTP_PORT), ("metrics", METRICS_PORT)]
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(METRICS_PORT)
     service = _k8s("Service", "convserve")["spec"]["ports"]
     assert sorted((port["name"], port["port"], port["targetPort"]) for port in service) == [
-        ("grpc", GRPC_PORT, "grpc"), ("metrics", METRICS_PORT, "metrics"),
+        ("grpc", GRPC_PORT, "grpc"), ("http", HTTP_PORT, "http"),
+        ("metrics", METRICS_PORT, "metrics"),
     ]  # fmt: skip
+    assert {port["name"]: port.get("appProtocol") for port in service} == {
+        "grpc": "kubernetes.io/h2c", "http": "http", "metrics": None,
+    }  # fmt: skip
 
 
 def test_prometheus_scrapes_each_replica_once_on_the_metrics_port() -> None:

@@ -2,7 +2,8 @@
 
 Envoy's and Prometheus's configurations are rendered from the files in deploy/: only addresses
 change (the replicas are 127.0.0.1 ports instead of the DNS name `convserve`), so the routes,
-retries, health checks, outlier detection and scrape jobs under test are the deployed ones.
+retries, health checks, outlier detection and scrape jobs under test are the deployed ones:
+Envoy's gRPC listener and cluster, and its HTTP listener and cluster (the replicas' HTTP doors).
 """
 
 from __future__ import annotations
@@ -43,17 +44,29 @@ def _loopback(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def render_envoy(replica_ports: list[int], port: int, admin_port: int) -> dict[str, Any]:
+# Envoy's listeners (by name) and the cluster each routes to, in deploy/envoy.yaml.
+ENVOY_CLUSTERS = {"grpc": "convserve", "http": "convserve_http"}
+
+
+def render_envoy(
+    replica_ports: dict[str, list[int]], ports: dict[str, int], admin_port: int
+) -> dict[str, Any]:
+    """deploy/envoy.yaml on loopback: listener `name` on `ports[name]`, its cluster's
+    replicas on `replica_ports[name]` (name: "grpc", "http")."""
     config: dict[str, Any] = yaml.safe_load((DEPLOY / "envoy.yaml").read_text())
     config["admin"]["address"] = _loopback(admin_port)
-    (listener,) = config["static_resources"]["listeners"]
-    listener["address"] = _loopback(port)
-    (cluster,) = config["static_resources"]["clusters"]
-    for key in ("dns_lookup_family", "dns_refresh_rate"):
-        del cluster[key]
-    cluster["type"] = "STATIC"
-    endpoints = [{"endpoint": {"address": _loopback(p)}} for p in replica_ports]
-    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
+    listeners = {item["name"]: item for item in config["static_resources"]["listeners"]}
+    clusters = {item["name"]: item for item in config["static_resources"]["clusters"]}
+    assert set(listeners) == set(ENVOY_CLUSTERS) == set(ports) == set(replica_ports)
+    assert set(clusters) == set(ENVOY_CLUSTERS.values())
+    for name, cluster_name in ENVOY_CLUSTERS.items():
+        listeners[name]["address"] = _loopback(ports[name])
+        cluster = clusters[cluster_name]
+        for key in ("dns_lookup_family", "dns_refresh_rate"):
+            del cluster[key]
+        cluster["type"] = "STATIC"
+        endpoints = [{"endpoint": {"address": _loopback(p)}} for p in replica_ports[name]]
+        cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
     return config
 
 
@@ -72,10 +85,12 @@ def render_prometheus(metrics_ports: list[int], envoy_admin_port: int) -> dict[s
 
 @dataclass
 class Replica:
-    """`convserve serve` on 127.0.0.1: gRPC on `port`, /metrics on `metrics_port`."""
+    """`convserve serve` on 127.0.0.1: gRPC on `port`, HTTP on `http_port`, /metrics on
+    `metrics_port`."""
 
     command: list[str]
     port: int
+    http_port: int
     metrics_port: int
     log: Path
     process: subprocess.Popen[bytes] = field(init=False)
@@ -95,7 +110,8 @@ class Replica:
 @dataclass
 class Cluster:
     replicas: list[Replica]
-    target: str  # Envoy's listener: where clients call
+    target: str  # Envoy's gRPC listener: where gRPC clients call
+    http: str  # Envoy's HTTP listener, http://127.0.0.1:PORT: where HTTP clients call
     envoy_admin: str
     prometheus: str
 
@@ -107,10 +123,17 @@ class Cluster:
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
-    def healthy_replicas(self) -> int:
-        """How many replicas Envoy's health checks currently count as healthy."""
-        stats = http_get(f"{self.envoy_admin}/stats?filter=^cluster.convserve.membership_healthy$")
+    def healthy_replicas(self, cluster: str = "convserve") -> int:
+        """How many replicas Envoy's health checks currently count as healthy in `cluster`
+        (convserve: their gRPC ports; convserve_http: their HTTP ports)."""
+        stats = http_get(f"{self.envoy_admin}/stats?filter=^cluster.{cluster}.membership_healthy$")
         return int(stats.split(":")[1])
+
+    def all_healthy(self) -> bool:
+        """Every replica healthy in each of Envoy's clusters."""
+        return all(
+            self.healthy_replicas(name) == len(self.replicas) for name in ENVOY_CLUSTERS.values()
+        )
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -130,27 +153,33 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running(models_dir: Path, workdir: Path, replicas: int = 3) -> Iterator[Cluster]:
-    """Start the replicas, Envoy and Prometheus; yield once Envoy sees every replica healthy."""
+    """Start the replicas, Envoy and Prometheus; yield once Envoy sees every replica healthy
+    (in both clusters: gRPC and HTTP)."""
     members: list[Replica] = []
     others: list[subprocess.Popen[bytes]] = []
     try:
         for index in range(replicas):
-            port, metrics_port = free_port(), free_port()
+            port, http_port, metrics_port = free_port(), free_port(), free_port()
             command = [
                 sys.executable, "-m", "convserve", "serve", "--host", "127.0.0.1",
-                "--port", str(port), "--metrics-host", "127.0.0.1",
+                "--port", str(port), "--http-port", str(http_port), "--metrics-host", "127.0.0.1",
                 "--metrics-port", str(metrics_port), "--models-dir", str(models_dir),
                 "--default-model", "fashion", "--log-format", "json",
                 "--drain-seconds", DRAIN_SECONDS,
                 # Three replicas on this machine's 2 cores: each a 1-CPU container, one worker.
                 "--workers", "1",
             ]  # fmt: skip
-            members.append(Replica(command, port, metrics_port, workdir / f"convserve-{index}.log"))
+            log = workdir / f"convserve-{index}.log"
+            members.append(Replica(command, port, http_port, metrics_port, log))
 
-        envoy_port, admin_port, prometheus_port = free_port(), free_port(), free_port()
+        envoy_port, envoy_http_port = free_port(), free_port()
+        admin_port, prometheus_port = free_port(), free_port()
         envoy_config = workdir / "envoy.yaml"
-        envoy_config.write_text(yaml.safe_dump(render_envoy([m.port for m in members],
-                                                             envoy_port, admin_port)))  # fmt: skip
+        envoy_config.write_text(yaml.safe_dump(render_envoy(
+            {"grpc": [m.port for m in members], "http": [m.http_port for m in members]},
+            {"grpc": envoy_port, "http": envoy_http_port},
+            admin_port,
+        )))  # fmt: skip
         others.append(_start(
             [str(ENVOY), "--config-path", str(envoy_config), "--use-dynamic-base-id",
              "--log-level", "warn"],
@@ -170,6 +199,7 @@ def running(models_dir: Path, workdir: Path, replicas: int = 3) -> Iterator[Clus
         cluster = Cluster(
             members,
             f"127.0.0.1:{envoy_port}",
+            f"http://127.0.0.1:{envoy_http_port}",
             f"http://127.0.0.1:{admin_port}",
             f"http://127.0.0.1:{prometheus_port}",
         )
@@ -180,8 +210,8 @@ def running(models_dir: Path, workdir: Path, replicas: int = 3) -> Iterator[Clus
                     raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
             return True
 
-        wait_until(lambda: alive() and cluster.healthy_replicas() == replicas,
-                   "Envoy to see every replica healthy")  # fmt: skip
+        wait_until(lambda: alive() and cluster.all_healthy(),
+                   "Envoy to see every replica healthy, over gRPC and HTTP")  # fmt: skip
         wait_until(lambda: "Ready" in http_get(f"{cluster.prometheus}/-/ready"), "Prometheus")
         yield cluster
     finally:
