@@ -86,7 +86,7 @@ class Route:
         self.method = grpc_method.rsplit("/", 1)[1]  # metrics' and the access log's name
         self.call = call
         self.error = error
-        self.open = open  # no token needed (health, for probes)
+        self.open = open  # health, for probes: no token, no metrics, no access log
 
 
 class Door:
@@ -110,7 +110,9 @@ class Door:
         if self._auth is not None and not route.open:
             authorization = request.headers.get("Authorization", "")
             refusal = self._auth.refusal(route.grpc_method, authorization)
-        if refusal is not None:
+        if route.open:  # health probes: like gRPC's health service, not counted or logged
+            response = await route.call(request, HttpContext(None))
+        elif refusal is not None:
             code, message = refusal
             refused(route.method, code, request_id, "http")
             response = route.error(http_status(code), code, message)
