@@ -93,15 +93,16 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], service: str = "
 
 
 def start_convserve(
-    models_dir: Path, model: str, *extra: str, metrics: bool = False
+    models_dir: Path, model: str, *extra: str, metrics: bool = False, http_port: int = 0
 ) -> tuple[subprocess.Popen[bytes], str, int, float]:
     """`python -m service` on loopback → (process, target, its metrics port (-1: none),
-    seconds until every worker is SERVING)."""
+    seconds until every worker is SERVING). Its HTTP door listens on `http_port` (0: a free
+    port, for callers that do not use it)."""
     port, metrics_port = free_port(), free_port() if metrics else -1
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-         "--http-port", str(free_port()),
+         "--http-port", str(http_port or free_port()),
          "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
          "--models-dir", str(models_dir), "--default-model", model, "--log-level", "WARNING",
          *extra],
@@ -128,6 +129,19 @@ def start_ceiling(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
     )
     assert process.stdout is not None
     process.stdout.readline()  # "ceiling serving on ..."
+    return process, f"127.0.0.1:{port}"
+
+
+def start_http_ceiling() -> tuple[subprocess.Popen[bytes], str]:
+    """`bench/http_ceiling.py` (the no-op HTTP server, a process per CPU) on loopback."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "http_ceiling.py"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    if not process.stdout.readline():  # "http ceiling serving on ..."
+        sys.exit(f"bench/http_ceiling.py exited with {process.wait()}")
     return process, f"127.0.0.1:{port}"
 
 

@@ -51,9 +51,10 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             case = Case("Predict", args.images, 4, 16, 3000 if args.images > 1 else 30000)
-            body = request_body(case, Path(tmp))
+            predict = request_body(case, Path(tmp))
+            body = predict.body
             start = answers_by_code(metrics_port, "Predict")
-            sustainable = h2load(target, case, body, case.requests, Path(tmp) / "log")
+            sustainable = h2load(target, case, predict, case.requests, Path(tmp) / "log")
             rss_before, before = rss_mb(process.pid), answers_by_code(metrics_port, "Predict")
             closed = before - start  # h2load counts a refusal as an answer: the server does not
             ok_rate = sustainable.requests_per_s * closed["OK"] / max(closed.total(), 1)

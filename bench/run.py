@@ -1,4 +1,4 @@
-"""`make bench`: convserve's per-call cost against the no-op gRPC server, same run, same load.
+"""`make bench`: convserve's per-call cost against the no-op server, same run, same load.
 
     .venv/bin/python bench/run.py [--models-dir models] [--rounds 3] [--only TEXT]
                                   [--profile out.txt] [-- extra convserve serve flags]
@@ -6,8 +6,11 @@
 h2load replays the bytes the client sends for each case against three servers started
 together: the no-op server (`ceiling.py`: the request is not decoded, the answer is empty),
 `ceiling.py --responses` (fixed answers of convserve's size, for Predict and ModelInfer) and
-`convserve serve` with the given flags (none: the defaults). Rounds alternate between the
-servers, each measured run preceded by a settling run of a fifth of its requests, and each
+`convserve serve` with the given flags (none: the defaults). The REST cases (`--only REST`)
+replay an Open Inference Protocol infer over HTTP/1.1 (`h2load --h1`, a connection per call in
+flight) against convserve's HTTP door and the no-op HTTP server (`http_ceiling.py`: the body
+is read, not decoded; the answer is fixed JSON of convserve's size). Rounds alternate between
+the servers, each measured run preceded by a settling run of a fifth of its requests, and each
 figure is the median over the rounds. Latency is h2load's own summary (its mean): a
 per-request log costs the load generator time on every request and squeezes every ratio
 toward 1, so p50/p99 come from the settling runs, which are logged, never from a measured one.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import json
 import re
 import shutil
 import statistics
@@ -32,15 +36,18 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import (
     answers_by_code,
+    free_port,
     grpc_frame,
     process_rss_mb,
     rss_mb,
     start_ceiling,
     start_convserve,
+    start_http_ceiling,
     stop,
 )
 from google.protobuf.message import Message
@@ -53,9 +60,11 @@ PATHS = {
     "Predict": "/convserve.v1.ConvServe/Predict",
     "ModelInfer": "/inference.GRPCInferenceService/ModelInfer",
     "FeatureMap": "/convserve.v1.ConvServe/FeatureMap",
+    "REST": "/v2/models/{model}/infer",  # the Open Inference Protocol's, over HTTP/1.1
 }
 ONE = (1, 1, 3000)  # clients, streams per client, requests: one call in flight
 SIXTY_FOUR = (4, 16, 30000)  # 64 in flight
+H1_SIXTY_FOUR = (64, 1, 30000)  # HTTP/1.1: one call at a time per connection
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,11 @@ class Case:
     clients: int
     streams: int  # per client: calls in flight = clients × streams
     requests: int
+
+    @property
+    def http(self) -> bool:
+        """Over HTTP/1.1 to the HTTP door, rather than gRPC."""
+        return self.method == "REST"
 
     @property
     def name(self) -> str:
@@ -80,6 +94,10 @@ CASES = (
     Case("FeatureMap", 1, 4, 16, 10000),
     Case("Predict", 64, 2, 4, 3000),
     Case("Predict", 64, 4, 16, 3000),
+    Case("REST", 1, *ONE),
+    Case("REST", 1, *H1_SIXTY_FOUR),
+    Case("REST", 64, 1, 1, 3000),
+    Case("REST", 64, 64, 1, 3000),
 )
 
 
@@ -92,8 +110,42 @@ class Result:
     errors: int = 0
 
 
-def request_body(case: Case, directory: Path) -> Path:
-    """The gRPC frame the client sends for `case`: uint8 Fashion-MNIST test images."""
+@dataclass(frozen=True)
+class Request:
+    """What h2load sends for a case: the body (a file), the URL's path and the headers."""
+
+    body: Path
+    path: str
+    headers: tuple[str, ...]
+
+
+def request_body(case: Case, directory: Path, model: str = "fashion") -> Request:
+    """The request the client sends for `case`, of uint8 Fashion-MNIST test images: a gRPC
+    frame, or a REST infer (1 image: JSON data; more: the binary extension, JSON's numbers
+    would be mostly JSON parsing)."""
+    path = directory / f"{case.method}-{case.images}.bin"
+    if not case.http:
+        path.write_bytes(grpc_frame(request_message(case).SerializeToString()))
+        return Request(path, PATHS[case.method], ("content-type: application/grpc", "te: trailers"))
+    images = load("test", limit=case.images).images
+    tensor: dict[str, Any] = {"name": "images", "datatype": "UINT8", "shape": list(images.shape)}
+    url = PATHS[case.method].format(model=model)
+    if case.images == 1:
+        tensor["data"] = images.ravel().tolist()
+        path.write_bytes(json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode())
+        return Request(path, url, ("content-type: application/json",))
+    tensor["parameters"] = {"binary_data_size": images.nbytes}
+    head = json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode()
+    path.write_bytes(head + images.tobytes())
+    headers = (
+        "content-type: application/octet-stream",
+        f"inference-header-content-length: {len(head)}",
+    )
+    return Request(path, url, headers)
+
+
+def request_message(case: Case) -> Message:
+    """The gRPC request message of a gRPC case."""
     images = load("test", limit=case.images).images
     message: Message
     if case.method == "Predict":
@@ -103,9 +155,7 @@ def request_body(case: Case, directory: Path) -> Path:
     else:
         message = infer = v2.ModelInferRequest(raw_input_contents=[images.tobytes()])
         infer.inputs.add(name="images", datatype="UINT8", shape=images.shape)
-    path = directory / f"{case.method}-{case.images}.bin"
-    path.write_bytes(grpc_frame(message.SerializeToString()))
-    return path
+    return message
 
 
 def _milliseconds(text: str) -> float:
@@ -113,13 +163,15 @@ def _milliseconds(text: str) -> float:
     return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def h2load(target: str, case: Case, body: Path, requests: int, log: Path | None = None) -> Result:
+def h2load(
+    target: str, case: Case, request: Request, requests: int, log: Path | None = None
+) -> Result:
     """One h2load run of `requests` calls; with `log`, p50/p99 from its per-request log."""
     command = [
         "h2load", f"--requests={requests}", f"--clients={case.clients}",
-        f"--max-concurrent-streams={case.streams}", f"--data={body}",
-        "--header=content-type: application/grpc", "--header=te: trailers",
-        f"http://{target}{PATHS[case.method]}",
+        f"--max-concurrent-streams={case.streams}", f"--data={request.body}",
+        *(f"--header={header}" for header in request.headers),
+        *(["--h1"] if case.http else []), f"http://{target}{request.path}",
     ]  # fmt: skip
     if log is not None:
         log.unlink(missing_ok=True)  # h2load appends to its log file
@@ -146,6 +198,10 @@ def grpc_errors(metrics_port: int, method: str) -> int:
     HTTP 200 for those). CANCELLED is not counted: h2load resets streams when it stops."""
     codes = answers_by_code(metrics_port, method)
     return codes.total() - codes["OK"] - codes["CANCELLED"]
+
+
+def no_errors() -> int:
+    return 0
 
 
 def median(results: list[Result], logged: list[Result]) -> Result:
@@ -194,7 +250,7 @@ def top_frames(raw: Path, count: int = 12) -> tuple[Frames, Frames]:
 
 
 def measure(
-    case: Case, servers: dict[str, str], body: Path, rounds: int, log: Path,
+    case: Case, servers: dict[str, str], request: Request, rounds: int, log: Path,
     convserve_errors: Callable[[], int],
 ) -> dict[str, Result]:  # fmt: skip
     """Each server's figures for `case` over `rounds` rounds, alternating between the servers
@@ -203,10 +259,10 @@ def measure(
     logged: dict[str, list[Result]] = {name: [] for name in servers}
     for _ in range(rounds):
         for name, address in servers.items():
-            errors = convserve_errors if name == "convserve" else lambda: 0
+            errors = convserve_errors if name == "convserve" else no_errors
             before = errors()
-            logged[name].append(h2load(address, case, body, case.requests // 5, log))
-            runs[name].append(h2load(address, case, body, case.requests))
+            logged[name].append(h2load(address, case, request, case.requests // 5, log))
+            runs[name].append(h2load(address, case, request, case.requests))
             runs[name][-1].errors += errors() - before
     return {name: median(runs[name], logged[name]) for name in servers}
 
@@ -226,32 +282,57 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: make bench installs it")
 
-    noop, noop_target = start_ceiling()
-    fixed, fixed_target = start_ceiling("--responses")
-    server, target, metrics_port, to_serving = start_convserve(
-        args.models_dir, args.model, *args.server_args, metrics=True
-    )
     cases = [case for case in CASES if args.only in case.name]
+    ceilings: list[subprocess.Popen[bytes]] = []
+    grpc_noop = fixed_target = http_noop = ""
+    if any(not case.http for case in cases):
+        noop, grpc_noop = start_ceiling()
+        fixed, fixed_target = start_ceiling("--responses")
+        ceilings += (noop, fixed)
+    if any(case.http for case in cases):
+        http, http_noop = start_http_ceiling()
+        ceilings.append(http)
+    http_port = free_port()
+    try:
+        server, target, metrics_port, to_serving = start_convserve(
+            args.models_dir, args.model, *args.server_args, metrics=True, http_port=http_port
+        )
+    except BaseException:  # convserve did not start (sys.exit): neither do the ceilings stay
+        for process in ceilings:
+            stop(process)
+        raise
+    http_target = f"127.0.0.1:{http_port}"
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(tmp) / "h2load.log"
-            bodies = {case: request_body(case, Path(tmp)) for case in cases}
-            for case, body in bodies.items():
-                servers = {"no-op": noop_target, "convserve": target}
-                if case.method in ("Predict", "ModelInfer"):
-                    servers["responses"] = fixed_target
-                errors = functools.partial(grpc_errors, metrics_port, case.method)
-                rows.append((case, measure(case, servers, body, args.rounds, log, errors)))
+            requests = {case: request_body(case, Path(tmp), args.model) for case in cases}
+            for case, sent in requests.items():
+                errors: Callable[[], int]
+                if case.http:  # every error is an HTTP status, which h2load counts
+                    servers = {"no-op": http_noop, "convserve": http_target}
+                    errors = no_errors
+                else:
+                    servers = {"no-op": grpc_noop, "convserve": target}
+                    if case.method in ("Predict", "ModelInfer"):
+                        servers["responses"] = fixed_target
+                    errors = functools.partial(grpc_errors, metrics_port, case.method)
+                rows.append((case, measure(case, servers, sent, args.rounds, log, errors)))
             if args.profile and cases:
+                first = cases[0]
                 spy = profile(server.pid, args.profile)
-                h2load(target, cases[0], bodies[cases[0]], cases[0].requests * 2)
+                h2load(
+                    http_target if first.http else target,
+                    first,
+                    requests[first],
+                    first.requests * 2,
+                )
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
                 spy.wait()
         rss = rss_mb(server.pid)
         processes = process_rss_mb(server.pid)
     finally:
-        for process in (server, noop, fixed):
+        for process in (server, *ceilings):
             stop(process)
 
     print(f"\n{'case':22s} {'server':9s} {'req/s':>7s} {'img/s':>7s} {'mean ms':>7s} "
@@ -272,8 +353,8 @@ def main() -> None:
                 f"{result.p50_ms:7.3f} {result.p99_ms:7.3f} {ratio:6.2f} {result.errors:6d}"
             )
     print(
-        f"ratio: ÷ the no-op server's mean latency at c1, its req/s otherwise; median of "
-        f"{args.rounds} rounds; p50/p99 from the logged settling runs"
+        f"ratio: ÷ the no-op server's (gRPC; HTTP for REST) mean latency at c1, its req/s "
+        f"otherwise; median of {args.rounds} rounds; p50/p99 from the logged settling runs"
     )
     print(
         f"convserve {' '.join(args.server_args) or '(defaults)'}: start to SERVING "
