@@ -121,8 +121,8 @@ class Request:
 
 def request_body(case: Case, directory: Path, model: str = "fashion") -> Request:
     """The request the client sends for `case`, of uint8 Fashion-MNIST test images: a gRPC
-    frame, or a REST infer (1 image: JSON data; more: the binary extension, JSON's numbers
-    would be mostly JSON parsing)."""
+    frame, or a REST infer (1 image: JSON data; more: the binary extension both ways, as
+    tritonclient's binary_data: JSON's numbers would be mostly JSON parsing)."""
     path = directory / f"{case.method}-{case.images}.bin"
     if not case.http:
         path.write_bytes(grpc_frame(request_message(case).SerializeToString()))
@@ -135,7 +135,8 @@ def request_body(case: Case, directory: Path, model: str = "fashion") -> Request
         path.write_bytes(json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode())
         return Request(path, url, ("content-type: application/json",))
     tensor["parameters"] = {"binary_data_size": images.nbytes}
-    head = json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode()
+    binary = {"inputs": [tensor], "parameters": {"binary_data_output": True}}  # as tritonclient
+    head = json.dumps(binary, separators=(",", ":")).encode()
     path.write_bytes(head + images.tobytes())
     headers = (
         "content-type: application/octet-stream",
