@@ -161,7 +161,10 @@ def from_values(
     array = np.asarray(values, dtype=np.float32 if dtype.kind == "f" else np.int64)
     if dtype.kind == "u" and count and (array.min() < 0 or array.max() > 255):
         raise TensorError(f"{what}: {dtype.name} values must be 0..255")
-    typed: np.ndarray = array.astype(dtype).reshape(shape)
+    try:
+        typed: np.ndarray = array.astype(dtype).reshape(shape)
+    except ValueError as exc:  # e.g. a zero dimension beside huge ones
+        raise TensorError(f"{what} shape {list(shape)}: {exc}") from None
     return typed
 
 

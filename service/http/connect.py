@@ -73,7 +73,7 @@ class _Method:
                 message = self._request.FromString(body)
             else:
                 message = json_format.Parse(body, self._request())
-        except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
+        except (DecodeError, json_format.ParseError, UnicodeError, RecursionError) as exc:
             raise InvalidInput(f"the request is not a valid {self._name} ({kind}): {exc}") from None
         answer = await self._handler(message, context)
         if kind == PROTO:

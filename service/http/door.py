@@ -26,7 +26,13 @@ import grpc
 from aiohttp import web
 
 from service.boundary import REQUEST_ID_KEY, Boundary, Malformed, new_request_id, refused
-from service.errors import InvalidInput, SlowRequest, TooLarge, http_status
+from service.errors import (
+    InvalidInput,
+    SlowRequest,
+    TooLarge,
+    UnsupportedMediaType,
+    http_status,
+)
 from service.grpc.auth import TokenAuth
 
 __all__ = ["Door", "HttpContext", "Route", "json_response"]
@@ -97,12 +103,13 @@ class Door:
         self._auth = auth
         self.max_bytes = max_bytes
         self.app = web.Application(client_max_size=max_bytes, middlewares=[_json_errors])
+        self.app.on_response_prepare.append(_with_request_id)
 
     def add(self, http_method: str, path: str, route: Route) -> None:
         async def handle(request: web.Request) -> web.StreamResponse:
             return await self._answer(request, route)
 
-        self.app.router.add_route(http_method, path, handle)
+        self.app.router.add_route(http_method, path, handle, expect_handler=_expect)
 
     async def _answer(self, request: web.Request, route: Route) -> web.StreamResponse:
         request_id = request.headers.get(REQUEST_ID_KEY, "")[:128] or new_request_id()
@@ -135,7 +142,13 @@ class Door:
 
     async def body(self, request: web.Request, context: HttpContext) -> bytes:
         """The request's body: refused from its Content-Length when over the limit, and
-        when it does not arrive by the call's deadline (else within BODY_SECONDS)."""
+        when it does not arrive by the call's deadline (else within BODY_SECONDS); a
+        compressed one (Content-Encoding) is refused."""
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):  # a 64 KB gzip body can inflate to 64 MB
+            raise UnsupportedMediaType(
+                f"Content-Encoding {encoding[:20]!r}: this server takes uncompressed bodies"
+            )
         length = request.content_length
         if length is not None and length > self.max_bytes:
             raise TooLarge(
@@ -168,14 +181,42 @@ class Door:
         """Listen on host:port; (the runner to stop it with, giving calls in flight
         `grace_seconds`; the bound port)."""
         runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=grace_seconds
-        )
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=grace_seconds,
+            auto_decompress=False,  # compressed bodies are refused (`body`), never inflated
+        )  # fmt: skip
         await runner.setup()
         site = web.TCPSite(
             runner, host, port, reuse_port=reuse_port or None, ssl_context=ssl_context
         )
         await site.start()
         return runner, int(runner.addresses[0][1])
+
+
+def _json_error(request: web.Request, status: int, message: str) -> web.Response:
+    """An error answered outside any route (aiohttp's own), as JSON."""
+    body: dict[str, str] = {"error": message}
+    if request.path.startswith("/convserve.") or request.path.startswith("/inference."):
+        body = {"code": "unimplemented" if status == 404 else "unknown", "message": message}
+    return json_response(body, status)
+
+
+async def _with_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer has a request id, aiohttp's own ones too."""
+    if REQUEST_ID_KEY not in response.headers:
+        response.headers[REQUEST_ID_KEY] = (
+            request.headers.get(REQUEST_ID_KEY, "")[:128] or new_request_id()
+        )
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` as aiohttp answers it; any other expectation a JSON 417."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        return _json_error(request, 417, f"Expect {expect[:40]!r}: only 100-continue is known")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    return None
 
 
 @web.middleware
@@ -192,10 +233,7 @@ async def _json_errors(
         message = f"{request.method} {request.path}: {exc.reason}"
         if allowed:
             message += f"; allowed: {allowed}"
-        body = {"error": message}
-        if request.path.startswith("/convserve.") or request.path.startswith("/inference."):
-            body = {"code": "unimplemented" if exc.status == 404 else "unknown", "message": message}
-        response = json_response(body, exc.status)
+        response = _json_error(request, exc.status, message)
         if allowed:
             response.headers["Allow"] = allowed
         return response

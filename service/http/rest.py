@@ -129,7 +129,7 @@ class _Rest:
 
     async def load(self, request: web.Request, context: HttpContext) -> web.Response:
         await self._door.body(request, context)  # its parameters, if any, change nothing
-        name = request.match_info["model"]
+        name, _ = _model(request)
         await self._servicer.RepositoryModelLoad(
             v2.RepositoryModelLoadRequest(model_name=name), context
         )
@@ -137,7 +137,7 @@ class _Rest:
 
     async def unload(self, request: web.Request, context: HttpContext) -> web.Response:
         await self._door.body(request, context)
-        name = request.match_info["model"]
+        name, _ = _model(request)
         await self._servicer.RepositoryModelUnload(
             v2.RepositoryModelUnloadRequest(model_name=name), context
         )
@@ -145,7 +145,8 @@ class _Rest:
 
 
 def _model(request: web.Request) -> tuple[str, str]:
-    return request.match_info["model"], request.match_info.get("version", "")
+    info = request.match_info
+    return _text(info["model"], "the model name"), _text(info.get("version", ""), "the version")
 
 
 def _tensor_metadata(tensor: v2.ModelMetadataResponse.TensorMetadata) -> dict[str, Any]:
@@ -159,6 +160,8 @@ def _json_object(body: bytes, what: str, empty: bool = False) -> dict[str, Any]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{what} is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"{what} nests its JSON too deep") from None
     if not isinstance(document, dict):
         raise InvalidInput(f"{what} is {type(document).__name__} JSON; expected an object")
     return document
@@ -234,11 +237,13 @@ def _parameter(parameter: v2.InferParameter, value: Any, what: str) -> None:
     if isinstance(value, bool):
         parameter.bool_param = value
     elif isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise InvalidInput(f"{what} is {value}; expected a 64-bit integer")
         parameter.int64_param = value
     elif isinstance(value, float):
         parameter.double_param = value
     elif isinstance(value, str):
-        parameter.string_param = value
+        parameter.string_param = _text(value, what)
     else:
         raise InvalidInput(f"{what} is {value!r}; expected a string, number or boolean")
 
@@ -311,6 +316,13 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 
 def _text(value: Any, what: str) -> str:
+    """A JSON string that protobuf can hold: UTF-8 (JSON's \\ud800 escapes are not)."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} is {value!r:.60}; expected a string")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"{what} {value!r:.60} is not valid Unicode (a lone surrogate)"
+        ) from None
     return value
