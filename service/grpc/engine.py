@@ -90,7 +90,7 @@ class Engine:
         return await self._run(model.explain, pixels, explanation)
 
     def _batcher(self, model: Model) -> Batcher:
-        settings = self.settings
+        settings, name = self.settings, model.name  # nothing here may hold `model` (below)
         batch_size = metrics.BATCH_SIZE.labels(model.name, str(model.version))
         inference = metrics.INFERENCE_DURATION.labels(model.name)
 
@@ -98,8 +98,18 @@ class Engine:
             batch_size.observe(images)
             inference.observe(seconds)
 
+        # Not model.predict itself: the batcher is the value of a WeakKeyDictionary keyed by
+        # the model, and would keep it (and its ONNX sessions) alive after it is unloaded. A
+        # call holds its model while it runs.
+        predict = weakref.WeakMethod(model.predict)
+
+        def run(pixels: np.ndarray) -> np.ndarray:
+            method = predict()
+            assert method is not None, "a batch of a model no call holds"
+            return method(pixels)
+
         return Batcher(
-            model.predict,
+            run,
             self._executor,
             max_batch_size=settings.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
@@ -109,7 +119,7 @@ class Engine:
             name=f"model {model.name!r} version {model.version}",
             observe_batch=observe_batch,
             observe_wait=metrics.QUEUE_WAIT.labels(model.name).observe,
-            observe_drop=lambda reason: metrics.DROPPED.labels(model.name, reason).inc(),
+            observe_drop=lambda reason: metrics.DROPPED.labels(name, reason).inc(),
         )
 
     def _check_fits(self, what: str, pixels: np.ndarray, floats_per_image: int) -> None:

@@ -207,7 +207,7 @@ def _explanation(
 
 
 def _model_name(name: str) -> str:
-    if not name or "/" in name or name.startswith("."):
+    if not name or "/" in name or name.startswith(".") or len(name.encode()) > 255:
         raise InvalidInput(f"model name {name!r}: expected a directory name in the repository")
     return name
 

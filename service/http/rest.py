@@ -221,7 +221,10 @@ def _infer_request(
         )
     parameters = _object(document.get("parameters", {}), "the request's parameters")
     binary: bool | set[str] = parameters.get("binary_data_output") is True or set()
-    for number, item in enumerate(document.get("outputs", [])):
+    outputs = document.get("outputs", [])
+    if not isinstance(outputs, list):
+        raise InvalidInput(f'"outputs" is {outputs!r:.60}; expected a list of outputs')
+    for number, item in enumerate(outputs):
         output = _object(item, f"outputs[{number}]")
         requested = message.outputs.add(name=_text(output.get("name"), f"outputs[{number}].name"))
         for key, value in _object(output.get("parameters", {}), f"outputs[{number}]").items():
@@ -229,7 +232,8 @@ def _infer_request(
                 if value is True and isinstance(binary, set):
                     binary.add(requested.name)
                 continue
-            _parameter(requested.parameters[key], value, f"output {requested.name!r} {key!r}")
+            what = f"output {requested.name!r} parameter"
+            _parameter(requested.parameters[_text(key, what)], value, f"{what} {key!r}")
     return message, binary
 
 
@@ -275,7 +279,7 @@ def _raw(data: Any, datatype: str, shape: list[int], what: str) -> bytes:
                 return raw
     try:
         values = np.asarray(data, dtype=np.float64).ravel()
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"{what} data: expected numbers, as a flat or nested list") from None
     return from_values(values, dtype, shape, f"{what} data").tobytes()  # type: ignore[arg-type]
 
