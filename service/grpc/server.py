@@ -117,7 +117,7 @@ class Server:
         return port
 
     async def _listen(self, address: str) -> int:
-        """Start the gRPC server on `address`; its port."""
+        """Start the gRPC server on `address`, then the HTTP door (if on); the gRPC port."""
         server = self._grpc_server()
         credentials = self._tls_credentials()
         try:

@@ -112,7 +112,7 @@ class Door:
         self.app.router.add_route(http_method, path, handle, expect_handler=_expect)
 
     async def _answer(self, request: web.Request, route: Route) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID_KEY, "")[:128] or new_request_id()
+        request_id = _request_id(request)
         refusal = None
         if self._auth is not None and not route.open:
             authorization = request.headers.get("Authorization", "")
@@ -200,12 +200,15 @@ def _json_error(request: web.Request, status: int, message: str) -> web.Response
     return json_response(body, status)
 
 
+def _request_id(request: web.Request) -> str:
+    """The caller's x-request-id, or a new one (as the gRPC door's)."""
+    return request.headers.get(REQUEST_ID_KEY, "")[:128] or new_request_id()
+
+
 async def _with_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer has a request id, aiohttp's own ones too."""
     if REQUEST_ID_KEY not in response.headers:
-        response.headers[REQUEST_ID_KEY] = (
-            request.headers.get(REQUEST_ID_KEY, "")[:128] or new_request_id()
-        )
+        response.headers[REQUEST_ID_KEY] = _request_id(request)
 
 
 async def _expect(request: web.Request) -> web.StreamResponse | None:
