@@ -81,13 +81,15 @@ class PredictResult:
 
 @dataclass(frozen=True)
 class FeatureMapResult:
-    """activations float32 [N, H, W, C]; pre_activations the same shape, when asked for."""
+    """activations float32 [N, H, W, C]; pre_activations the same shape, when asked for;
+    images uint8 [N, H, W, C], the pixels the model took, when asked for."""
 
     activations: np.ndarray
     pre_activations: np.ndarray | None
     layer: Layer
     model: str
     version: int
+    images: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -215,11 +217,12 @@ def _predict_result(response: pb.PredictResponse) -> PredictResult:
 
 
 def feature_map_request(
-    images: Images, layer: str | None, pre_activation: bool, model: str | None, version: int | None
-) -> pb.FeatureMapRequest:
+    images: Images, layer: str | None, pre_activation: bool, model: str | None,
+    version: int | None, include_images: bool = False,
+) -> pb.FeatureMapRequest:  # fmt: skip
     return pb.FeatureMapRequest(
         model=_spec(model, version), images=_images_message(images), layer=layer or "",
-        include_pre_activation=pre_activation,
+        include_pre_activation=pre_activation, include_images=include_images,
     )  # fmt: skip
 
 
@@ -232,6 +235,7 @@ def _feature_map_result(response: pb.FeatureMapResponse) -> FeatureMapResult:
         layer=from_layer_message(response.layer),
         model=response.model.name,
         version=response.model.version,
+        images=from_tensor(response.images) if response.HasField("images") else None,
     )
 
 
@@ -422,10 +426,14 @@ class Client(_Base):
 
     def feature_map(
         self, images: Images, *, layer: str | None = None, pre_activation: bool = False,
-        model: str | None = None, version: int | None = None, timeout: float | None = None,
+        include_images: bool = False, model: str | None = None, version: int | None = None,
+        timeout: float | None = None,
     ) -> FeatureMapResult:  # fmt: skip
-        """The activations of `layer` (default: the first conv layer) for each image."""
-        request = feature_map_request(images, layer, pre_activation, model, version)
+        """The activations of `layer` (default: the first conv layer) for each image; with
+        `include_images`, also the images as the model took them (`FeatureMapResult.images`)."""
+        request = feature_map_request(
+            images, layer, pre_activation, model, version, include_images
+        )
         return _feature_map_result(self._call(self._stub.FeatureMap, request, timeout))
 
     def explain(
@@ -500,9 +508,12 @@ class AsyncClient(_Base):
 
     async def feature_map(
         self, images: Images, *, layer: str | None = None, pre_activation: bool = False,
-        model: str | None = None, version: int | None = None, timeout: float | None = None,
+        include_images: bool = False, model: str | None = None, version: int | None = None,
+        timeout: float | None = None,
     ) -> FeatureMapResult:  # fmt: skip
-        request = feature_map_request(images, layer, pre_activation, model, version)
+        request = feature_map_request(
+            images, layer, pre_activation, model, version, include_images
+        )
         return _feature_map_result(await self._call(self._stub.FeatureMap, request, timeout))
 
     async def explain(

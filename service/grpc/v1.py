@@ -7,6 +7,7 @@ import json
 import weakref
 
 import grpc
+import numpy as np
 
 from convserve.api.codec import EXPLAIN_METHODS, METHOD_NAMES, from_tensor, layer_message, to_tensor
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
@@ -57,6 +58,7 @@ class ConvServeServicer(pb_grpc.ConvServeServicer):  # type: ignore[misc]
             layer=layer_message(model.layers[layer]),
             activations=to_tensor(activations),
             pre_activations=to_tensor(pre) if pre is not None else None,
+            images=to_tensor(_as_uint8(pixels)) if request.include_images else None,
         )
 
     async def Explain(self, request: pb.ExplainRequest, context: CallContext) -> pb.ExplainResponse:
@@ -144,6 +146,11 @@ def _images(images: pb.Images) -> Images:
             "or images.encoded (PNG/JPEG files)"
         )
     return from_tensor(images.tensor)
+
+
+def _as_uint8(pixels: np.ndarray) -> np.ndarray:
+    """float32 pixels 0..255 → uint8, rounded (the images a FeatureMap call asked to see)."""
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def _top_k(top_k: int) -> int:

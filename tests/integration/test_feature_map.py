@@ -66,3 +66,24 @@ def test_layer_errors(server, test_images: Dataset) -> None:
         with pytest.raises(InvalidArgument, match="only Conv2D layers have a pre-activation"):
             client.feature_map(images, model="layers", layer="max_pooling2d", pre_activation=True)
         assert client.feature_map(images).layer.name == "conv2d"  # still serving
+
+
+def test_include_images_returns_what_the_model_took(server, models_dir: Path) -> None:
+    """A 56x40 colour PNG, as the server decoded it for the 28x28 grayscale model: the image the
+    explorer page shows as "what the model sees"."""
+    import io
+
+    from PIL import Image
+
+    from convserve import artifact, imagefiles
+
+    rng = np.random.default_rng(3)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    preprocessing = artifact.read(models_dir / "fashion" / "1").preprocessing
+    seen = imagefiles.decode(buffer.getvalue(), (28, 28, 1), preprocessing)
+    with Client(server.target) as client:
+        result = client.feature_map([buffer.getvalue()], include_images=True)
+        assert result.images is not None and result.images.dtype == np.uint8
+        np.testing.assert_array_equal(result.images, seen[None])
+        assert client.feature_map([buffer.getvalue()]).images is None  # only when asked

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63onvserve/v1/convserve.proto\x12\x0c\x63onvserve.v1\"O\n\x06Tensor\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.convserve.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"\x1e\n\rEncodedImages\x12\r\n\x05\x66iles\x18\x01 \x03(\x0c\"j\n\x06Images\x12&\n\x06tensor\x18\x01 \x01(\x0b\x32\x14.convserve.v1.TensorH\x00\x12.\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x1b.convserve.v1.EncodedImagesH\x00\x42\x08\n\x06source\"*\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"m\n\x0ePredictRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12$\n\x06images\x18\x02 \x01(\x0b\x32\x14.convserve.v1.Images\x12\r\n\x05top_k\x18\x03 \x01(\x05\"8\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"3\n\nPrediction\x12%\n\x03top\x18\x01 \x03(\x0b\x32\x18.convserve.v1.ClassScore\"\xaa\x01\n\x0fPredictResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12+\n\rprobabilities\x18\x02 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12-\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x18.convserve.v1.Prediction\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\"\xed\x01\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x14\n\x0coutput_shape\x18\x04 \x03(\x03\x12\x12\n\nparameters\x18\x05 \x01(\x03\x12\x0f\n\x07\x66ilters\x18\x06 \x01(\x05\x12\x13\n\x0bkernel_size\x18\x07 \x03(\x05\x12\x0f\n\x07strides\x18\x08 \x03(\x05\x12\x0f\n\x07padding\x18\t \x01(\t\x12\x16\n\x0epadding_amount\x18\n \x03(\x05\x12\x15\n\rdilation_rate\x18\x0b \x03(\x05\x12\x12\n\nactivation\x18\x0c \x01(\t\"\x90\x01\n\x11\x46\x65\x61tureMapRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12$\n\x06images\x18\x02 \x01(\x0b\x32\x14.convserve.v1.Images\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x1e\n\x16include_pre_activation\x18\x04 \x01(\x08\"\xba\x01\n\x12\x46\x65\x61tureMapResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\"\n\x05layer\x18\x02 \x01(\x0b\x32\x13.convserve.v1.Layer\x12)\n\x0b\x61\x63tivations\x18\x03 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12-\n\x0fpre_activations\x18\x04 \x01(\x0b\x32\x14.convserve.v1.Tensor\"\xd4\x01\n\x0e\x45xplainRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12$\n\x06images\x18\x02 \x01(\x0b\x32\x14.convserve.v1.Images\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x18\n\x0b\x63lass_index\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x30\n\x06method\x18\x05 \x01(\x0e\x32\x1b.convserve.v1.ExplainMethodH\x01\x88\x01\x01\x42\x0e\n\x0c_class_indexB\t\n\x07_method\"\x8b\x02\n\x0f\x45xplainResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\"\n\x05layer\x18\x02 \x01(\x0b\x32\x13.convserve.v1.Layer\x12&\n\x08heatmaps\x18\x03 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12\x15\n\rclass_indices\x18\x04 \x03(\x05\x12+\n\rprobabilities\x18\x05 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\x12+\n\x06method\x18\x07 \x01(\x0e\x32\x1b.convserve.v1.ExplainMethod\"G\n\x0e\x46iltersRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\r\n\x05layer\x18\x02 \x01(\t\"\xaa\x01\n\x0f\x46iltersResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\"\n\x05layer\x18\x02 \x01(\x0b\x32\x13.convserve.v1.Layer\x12%\n\x07kernels\x18\x03 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12$\n\x06\x62iases\x18\x04 \x01(\x0b\x32\x14.convserve.v1.Tensor\"A\n\x17GetModelMetadataRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\"O\n\tInputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12%\n\x05\x64type\x18\x03 \x01(\x0e\x32\x16.convserve.v1.DataType\"\xdf\x02\n\rModelMetadata\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12&\n\x05input\x18\x04 \x01(\x0b\x32\x17.convserve.v1.InputSpec\x12\x1b\n\x13preprocessing_scale\x18\x05 \x01(\x02\x12\x1c\n\x14preprocessing_offset\x18\x06 \x01(\x02\x12#\n\x06layers\x18\x07 \x03(\x0b\x32\x13.convserve.v1.Layer\x12\x12\n\nparameters\x18\x08 \x01(\x03\x12\x15\n\rtest_accuracy\x18\t \x01(\x01\x12\x11\n\ttest_loss\x18\n \x01(\x01\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x15\n\rmetadata_json\x18\x0c \x01(\t\x12\x0e\n\x06origin\x18\r \x01(\t\"\x13\n\x11ListModelsRequest\"\x7f\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x16\n\x0elatest_version\x18\x03 \x01(\x03\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x0e\n\x06origin\x18\x06 \x01(\t\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.convserve.v1.ModelSummary*Q\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x02*h\n\rExplainMethod\x12\x1b\n\x17\x45XPLAIN_METHOD_GRAD_CAM\x10\x00\x12\x1c\n\x18\x45XPLAIN_METHOD_HIRES_CAM\x10\x01\x12\x1c\n\x18\x45XPLAIN_METHOD_OCCLUSION\x10\x02\x32\xdd\x03\n\tConvServe\x12\x46\n\x07Predict\x12\x1c.convserve.v1.PredictRequest\x1a\x1d.convserve.v1.PredictResponse\x12O\n\nFeatureMap\x12\x1f.convserve.v1.FeatureMapRequest\x1a .convserve.v1.FeatureMapResponse\x12\x46\n\x07\x45xplain\x12\x1c.convserve.v1.ExplainRequest\x1a\x1d.convserve.v1.ExplainResponse\x12\x46\n\x07\x46ilters\x12\x1c.convserve.v1.FiltersRequest\x1a\x1d.convserve.v1.FiltersResponse\x12V\n\x10GetModelMetadata\x12%.convserve.v1.GetModelMetadataRequest\x1a\x1b.convserve.v1.ModelMetadata\x12O\n\nListModels\x12\x1f.convserve.v1.ListModelsRequest\x1a .convserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63onvserve/v1/convserve.proto\x12\x0c\x63onvserve.v1\"O\n\x06Tensor\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.convserve.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"\x1e\n\rEncodedImages\x12\r\n\x05\x66iles\x18\x01 \x03(\x0c\"j\n\x06Images\x12&\n\x06tensor\x18\x01 \x01(\x0b\x32\x14.convserve.v1.TensorH\x00\x12.\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x1b.convserve.v1.EncodedImagesH\x00\x42\x08\n\x06source\"*\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"m\n\x0ePredictRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12$\n\x06images\x18\x02 \x01(\x0b\x32\x14.convserve.v1.Images\x12\r\n\x05top_k\x18\x03 \x01(\x05\"8\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"3\n\nPrediction\x12%\n\x03top\x18\x01 \x03(\x0b\x32\x18.convserve.v1.ClassScore\"\xaa\x01\n\x0fPredictResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12+\n\rprobabilities\x18\x02 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12-\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x18.convserve.v1.Prediction\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\"\xed\x01\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x14\n\x0coutput_shape\x18\x04 \x03(\x03\x12\x12\n\nparameters\x18\x05 \x01(\x03\x12\x0f\n\x07\x66ilters\x18\x06 \x01(\x05\x12\x13\n\x0bkernel_size\x18\x07 \x03(\x05\x12\x0f\n\x07strides\x18\x08 \x03(\x05\x12\x0f\n\x07padding\x18\t \x01(\t\x12\x16\n\x0epadding_amount\x18\n \x03(\x05\x12\x15\n\rdilation_rate\x18\x0b \x03(\x05\x12\x12\n\nactivation\x18\x0c \x01(\t\"\xa8\x01\n\x11\x46\x65\x61tureMapRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12$\n\x06images\x18\x02 \x01(\x0b\x32\x14.convserve.v1.Images\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x1e\n\x16include_pre_activation\x18\x04 \x01(\x08\x12\x16\n\x0einclude_images\x18\x05 \x01(\x08\"\xe0\x01\n\x12\x46\x65\x61tureMapResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\"\n\x05layer\x18\x02 \x01(\x0b\x32\x13.convserve.v1.Layer\x12)\n\x0b\x61\x63tivations\x18\x03 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12-\n\x0fpre_activations\x18\x04 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12$\n\x06images\x18\x05 \x01(\x0b\x32\x14.convserve.v1.Tensor\"\xd4\x01\n\x0e\x45xplainRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12$\n\x06images\x18\x02 \x01(\x0b\x32\x14.convserve.v1.Images\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x18\n\x0b\x63lass_index\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x30\n\x06method\x18\x05 \x01(\x0e\x32\x1b.convserve.v1.ExplainMethodH\x01\x88\x01\x01\x42\x0e\n\x0c_class_indexB\t\n\x07_method\"\x8b\x02\n\x0f\x45xplainResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\"\n\x05layer\x18\x02 \x01(\x0b\x32\x13.convserve.v1.Layer\x12&\n\x08heatmaps\x18\x03 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12\x15\n\rclass_indices\x18\x04 \x03(\x05\x12+\n\rprobabilities\x18\x05 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\x12+\n\x06method\x18\x07 \x01(\x0e\x32\x1b.convserve.v1.ExplainMethod\"G\n\x0e\x46iltersRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\r\n\x05layer\x18\x02 \x01(\t\"\xaa\x01\n\x0f\x46iltersResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\"\n\x05layer\x18\x02 \x01(\x0b\x32\x13.convserve.v1.Layer\x12%\n\x07kernels\x18\x03 \x01(\x0b\x32\x14.convserve.v1.Tensor\x12$\n\x06\x62iases\x18\x04 \x01(\x0b\x32\x14.convserve.v1.Tensor\"A\n\x17GetModelMetadataRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\"O\n\tInputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12%\n\x05\x64type\x18\x03 \x01(\x0e\x32\x16.convserve.v1.DataType\"\xdf\x02\n\rModelMetadata\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.convserve.v1.ModelSpec\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12&\n\x05input\x18\x04 \x01(\x0b\x32\x17.convserve.v1.InputSpec\x12\x1b\n\x13preprocessing_scale\x18\x05 \x01(\x02\x12\x1c\n\x14preprocessing_offset\x18\x06 \x01(\x02\x12#\n\x06layers\x18\x07 \x03(\x0b\x32\x13.convserve.v1.Layer\x12\x12\n\nparameters\x18\x08 \x01(\x03\x12\x15\n\rtest_accuracy\x18\t \x01(\x01\x12\x11\n\ttest_loss\x18\n \x01(\x01\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x15\n\rmetadata_json\x18\x0c \x01(\t\x12\x0e\n\x06origin\x18\r \x01(\t\"\x13\n\x11ListModelsRequest\"\x7f\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x16\n\x0elatest_version\x18\x03 \x01(\x03\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x0e\n\x06origin\x18\x06 \x01(\t\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.convserve.v1.ModelSummary*Q\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x02*h\n\rExplainMethod\x12\x1b\n\x17\x45XPLAIN_METHOD_GRAD_CAM\x10\x00\x12\x1c\n\x18\x45XPLAIN_METHOD_HIRES_CAM\x10\x01\x12\x1c\n\x18\x45XPLAIN_METHOD_OCCLUSION\x10\x02\x32\xdd\x03\n\tConvServe\x12\x46\n\x07Predict\x12\x1c.convserve.v1.PredictRequest\x1a\x1d.convserve.v1.PredictResponse\x12O\n\nFeatureMap\x12\x1f.convserve.v1.FeatureMapRequest\x1a .convserve.v1.FeatureMapResponse\x12\x46\n\x07\x45xplain\x12\x1c.convserve.v1.ExplainRequest\x1a\x1d.convserve.v1.ExplainResponse\x12\x46\n\x07\x46ilters\x12\x1c.convserve.v1.FiltersRequest\x1a\x1d.convserve.v1.FiltersResponse\x12V\n\x10GetModelMetadata\x12%.convserve.v1.GetModelMetadataRequest\x1a\x1b.convserve.v1.ModelMetadata\x12O\n\nListModels\x12\x1f.convserve.v1.ListModelsRequest\x1a .convserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'convserve.v1.convserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=2731
-  _globals['_DATATYPE']._serialized_end=2812
-  _globals['_EXPLAINMETHOD']._serialized_start=2814
-  _globals['_EXPLAINMETHOD']._serialized_end=2918
+  _globals['_DATATYPE']._serialized_start=2793
+  _globals['_DATATYPE']._serialized_end=2874
+  _globals['_EXPLAINMETHOD']._serialized_start=2876
+  _globals['_EXPLAINMETHOD']._serialized_end=2980
   _globals['_TENSOR']._serialized_start=46
   _globals['_TENSOR']._serialized_end=125
   _globals['_ENCODEDIMAGES']._serialized_start=127
@@ -54,29 +54,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LAYER']._serialized_start=707
   _globals['_LAYER']._serialized_end=944
   _globals['_FEATUREMAPREQUEST']._serialized_start=947
-  _globals['_FEATUREMAPREQUEST']._serialized_end=1091
-  _globals['_FEATUREMAPRESPONSE']._serialized_start=1094
-  _globals['_FEATUREMAPRESPONSE']._serialized_end=1280
-  _globals['_EXPLAINREQUEST']._serialized_start=1283
-  _globals['_EXPLAINREQUEST']._serialized_end=1495
-  _globals['_EXPLAINRESPONSE']._serialized_start=1498
-  _globals['_EXPLAINRESPONSE']._serialized_end=1765
-  _globals['_FILTERSREQUEST']._serialized_start=1767
-  _globals['_FILTERSREQUEST']._serialized_end=1838
-  _globals['_FILTERSRESPONSE']._serialized_start=1841
-  _globals['_FILTERSRESPONSE']._serialized_end=2011
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2013
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2078
-  _globals['_INPUTSPEC']._serialized_start=2080
-  _globals['_INPUTSPEC']._serialized_end=2159
-  _globals['_MODELMETADATA']._serialized_start=2162
-  _globals['_MODELMETADATA']._serialized_end=2513
-  _globals['_LISTMODELSREQUEST']._serialized_start=2515
-  _globals['_LISTMODELSREQUEST']._serialized_end=2534
-  _globals['_MODELSUMMARY']._serialized_start=2536
-  _globals['_MODELSUMMARY']._serialized_end=2663
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2665
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2729
-  _globals['_CONVSERVE']._serialized_start=2921
-  _globals['_CONVSERVE']._serialized_end=3398
+  _globals['_FEATUREMAPREQUEST']._serialized_end=1115
+  _globals['_FEATUREMAPRESPONSE']._serialized_start=1118
+  _globals['_FEATUREMAPRESPONSE']._serialized_end=1342
+  _globals['_EXPLAINREQUEST']._serialized_start=1345
+  _globals['_EXPLAINREQUEST']._serialized_end=1557
+  _globals['_EXPLAINRESPONSE']._serialized_start=1560
+  _globals['_EXPLAINRESPONSE']._serialized_end=1827
+  _globals['_FILTERSREQUEST']._serialized_start=1829
+  _globals['_FILTERSREQUEST']._serialized_end=1900
+  _globals['_FILTERSRESPONSE']._serialized_start=1903
+  _globals['_FILTERSRESPONSE']._serialized_end=2073
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2075
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2140
+  _globals['_INPUTSPEC']._serialized_start=2142
+  _globals['_INPUTSPEC']._serialized_end=2221
+  _globals['_MODELMETADATA']._serialized_start=2224
+  _globals['_MODELMETADATA']._serialized_end=2575
+  _globals['_LISTMODELSREQUEST']._serialized_start=2577
+  _globals['_LISTMODELSREQUEST']._serialized_end=2596
+  _globals['_MODELSUMMARY']._serialized_start=2598
+  _globals['_MODELSUMMARY']._serialized_end=2725
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2727
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2791
+  _globals['_CONVSERVE']._serialized_start=2983
+  _globals['_CONVSERVE']._serialized_end=3460
 # @@protoc_insertion_point(module_scope)

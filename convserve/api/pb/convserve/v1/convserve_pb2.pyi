@@ -124,28 +124,32 @@ class Layer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., output_shape: _Optional[_Iterable[int]] = ..., parameters: _Optional[int] = ..., filters: _Optional[int] = ..., kernel_size: _Optional[_Iterable[int]] = ..., strides: _Optional[_Iterable[int]] = ..., padding: _Optional[str] = ..., padding_amount: _Optional[_Iterable[int]] = ..., dilation_rate: _Optional[_Iterable[int]] = ..., activation: _Optional[str] = ...) -> None: ...
 
 class FeatureMapRequest(_message.Message):
-    __slots__ = ("model", "images", "layer", "include_pre_activation")
+    __slots__ = ("model", "images", "layer", "include_pre_activation", "include_images")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PRE_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_IMAGES_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     images: Images
     layer: str
     include_pre_activation: bool
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., layer: _Optional[str] = ..., include_pre_activation: _Optional[bool] = ...) -> None: ...
+    include_images: bool
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., layer: _Optional[str] = ..., include_pre_activation: _Optional[bool] = ..., include_images: _Optional[bool] = ...) -> None: ...
 
 class FeatureMapResponse(_message.Message):
-    __slots__ = ("model", "layer", "activations", "pre_activations")
+    __slots__ = ("model", "layer", "activations", "pre_activations", "images")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     PRE_ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     layer: Layer
     activations: Tensor
     pre_activations: Tensor
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., layer: _Optional[_Union[Layer, _Mapping]] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., pre_activations: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    images: Tensor
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., layer: _Optional[_Union[Layer, _Mapping]] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., pre_activations: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("model", "images", "layer", "class_index", "method")
