@@ -431,9 +431,7 @@ class Client(_Base):
     ) -> FeatureMapResult:  # fmt: skip
         """The activations of `layer` (default: the first conv layer) for each image; with
         `include_images`, also the images as the model took them (`FeatureMapResult.images`)."""
-        request = feature_map_request(
-            images, layer, pre_activation, model, version, include_images
-        )
+        request = feature_map_request(images, layer, pre_activation, model, version, include_images)
         return _feature_map_result(self._call(self._stub.FeatureMap, request, timeout))
 
     def explain(
@@ -511,9 +509,7 @@ class AsyncClient(_Base):
         include_images: bool = False, model: str | None = None, version: int | None = None,
         timeout: float | None = None,
     ) -> FeatureMapResult:  # fmt: skip
-        request = feature_map_request(
-            images, layer, pre_activation, model, version, include_images
-        )
+        request = feature_map_request(images, layer, pre_activation, model, version, include_images)
         return _feature_map_result(await self._call(self._stub.FeatureMap, request, timeout))
 
     async def explain(
