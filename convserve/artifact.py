@@ -141,7 +141,10 @@ def check_name(name: str) -> None:
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer of a model; the convolution fields are set for Conv2D layers only."""
+    """One layer of a model. Conv2D and pooling layers carry their window (kernel_size, strides,
+    padding, padding_amount, dilation_rate; a pooling layer's kernel is its pool size, its
+    dilation 1x1), so that a unit's receptive field can be followed through the layers; only
+    Conv2D layers carry filters and activation."""
 
     name: str
     type: str
@@ -160,20 +163,32 @@ class Layer:
     def is_conv(self) -> bool:
         return self.type == "Conv2D"
 
+    @property
+    def has_window(self) -> bool:
+        """Whether the layer slides a window (Conv2D, pooling): its kernel_size is set. Pooling
+        layers of artifacts written before they recorded it have none."""
+        return bool(self.kernel_size)
+
     def describe(self) -> str:
-        """One line, e.g. `conv2d Conv2D(10) 28x28x1 → 26x26x10, kernel 3x3, strides 1x1, ...`."""
-        shapes = f"{'x'.join(map(str, self.input_shape))} → {'x'.join(map(str, self.output_shape))}"
-        if not self.is_conv:
+        """One line, e.g. `conv2d Conv2D(10) 28x28x1 → 26x26x10, kernel 3x3, strides 1x1, ...`
+        or `max_pooling2d MaxPooling2D 26x26x10 → 13x13x10, pool 2x2, strides 2x2, ...`."""
+
+        def dims(values: tuple[int, ...]) -> str:
+            return "x".join(map(str, values))
+
+        shapes = f"{dims(self.input_shape)} → {dims(self.output_shape)}"
+        if not self.has_window:
             return f"{self.name} {self.type} {shapes}"
-        pairs = {
-            "kernel": self.kernel_size,
-            "strides": self.strides,
-            "dilation": self.dilation_rate,
-        }
-        parts = [f"{key} {'x'.join(map(str, value))}" for key, value in pairs.items()]
+        padding = f"padding {self.padding} {list(self.padding_amount)}"
+        if not self.is_conv:
+            return (
+                f"{self.name} {self.type} {shapes}, pool {dims(self.kernel_size)}, "
+                f"strides {dims(self.strides)}, {padding}"
+            )
         return (
-            f"{self.name} Conv2D({self.filters}) {shapes}, {', '.join(parts)}, "
-            f"padding {self.padding} {list(self.padding_amount)}, activation {self.activation}"
+            f"{self.name} Conv2D({self.filters}) {shapes}, kernel {dims(self.kernel_size)}, "
+            f"strides {dims(self.strides)}, dilation {dims(self.dilation_rate)}, {padding}, "
+            f"activation {self.activation}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,20 +200,25 @@ class Layer:
             "parameters": self.parameters,
         }
         if self.is_conv:
+            entry["filters"] = self.filters
+        if self.has_window:
             top, bottom, left, right = self.padding_amount
             entry |= {
-                "filters": self.filters,
                 "kernel_size": list(self.kernel_size),
                 "strides": list(self.strides),
                 "padding": self.padding,
                 "padding_amount": [[top, bottom], [left, right]],
                 "dilation_rate": list(self.dilation_rate),
-                "activation": self.activation,
             }
+        if self.is_conv:
+            entry["activation"] = self.activation
         return entry
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any], where: str) -> Layer:
+        """A layer of metadata.json. A Conv2D layer has its window, filters and activation;
+        another layer has a window when it has a kernel_size (pooling layers written before
+        they recorded theirs have none)."""
         fields = _Fields(entry, where)
         layer = cls(
             name=fields.get("name", str),
@@ -207,18 +227,20 @@ class Layer:
             output_shape=fields.shape("output_shape"),
             parameters=fields.get("parameters", int),
         )
-        if not layer.is_conv:
-            return layer
-        return dataclasses.replace(
-            layer,
-            filters=fields.get("filters", int),
-            kernel_size=fields.shape("kernel_size", 2),
-            strides=fields.shape("strides", 2),
-            padding=fields.get("padding", str),
-            padding_amount=_padding_amount(fields.get("padding_amount", list), where),
-            dilation_rate=fields.shape("dilation_rate", 2),
-            activation=fields.get("activation", str),
-        )
+        if layer.is_conv or "kernel_size" in entry:
+            layer = dataclasses.replace(
+                layer,
+                kernel_size=fields.shape("kernel_size", 2),
+                strides=fields.shape("strides", 2),
+                padding=fields.get("padding", str),
+                padding_amount=_padding_amount(fields.get("padding_amount", list), where),
+                dilation_rate=fields.shape("dilation_rate", 2),
+            )
+        if layer.is_conv:
+            layer = dataclasses.replace(
+                layer, filters=fields.get("filters", int), activation=fields.get("activation", str)
+            )
+        return layer
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convserve.api.codec import TensorError, from_tensor, to_tensor
+from convserve.api.codec import (
+    TensorError,
+    from_layer_message,
+    from_tensor,
+    layer_message,
+    to_tensor,
+)
 from convserve.api.pb.convserve.v1 import convserve_pb2 as pb
+from convserve.artifact import Layer
+
+CONV = Layer("conv2d", "Conv2D", (28, 28, 1), (13, 13, 4), 40, filters=4, kernel_size=(3, 3),
+             strides=(2, 2), padding="valid", padding_amount=(0, 0, 0, 0), dilation_rate=(1, 1),
+             activation="relu")  # fmt: skip
+MAX_POOL = Layer("max_pooling2d", "MaxPooling2D", (13, 13, 4), (6, 6, 4), 0, kernel_size=(2, 2),
+                 strides=(2, 2), padding="valid", padding_amount=(0, 0, 0, 0),
+                 dilation_rate=(1, 1))  # fmt: skip
+AVERAGE_POOL = Layer("average_pooling2d", "AveragePooling2D", (13, 13, 4), (7, 7, 4), 0,
+                     kernel_size=(3, 3), strides=(2, 2), padding="same",
+                     padding_amount=(1, 1, 1, 1), dilation_rate=(1, 1))  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", ["<u1", "<f4", ">f4"])
@@ -58,3 +75,26 @@ def test_a_shape_numpy_cannot_make_is_a_tensor_error() -> None:
     tensor = pb.Tensor(dtype=pb.DATA_TYPE_UINT8, shape=[2**62, 2**62, 0], content=b"")
     with pytest.raises(TensorError, match=r"tensor shape \[4611686018427387904"):
         from_tensor(tensor)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        CONV,
+        MAX_POOL,
+        AVERAGE_POOL,
+        Layer("max_pooling2d", "MaxPooling2D", (26, 26, 4), (13, 13, 4), 0),  # an old artifact's
+        Layer("flatten", "Flatten", (6, 6, 4), (144,), 0),
+    ],
+)
+def test_layers_round_trip_through_the_wire(layer: Layer) -> None:
+    message = pb.Layer.FromString(layer_message(layer).SerializeToString())
+    assert from_layer_message(message) == layer
+
+
+def test_pooling_layers_send_their_window_and_only_convs_their_filters() -> None:
+    pool, conv = layer_message(AVERAGE_POOL), layer_message(CONV)
+    assert (list(pool.kernel_size), list(pool.strides), pool.padding) == ([3, 3], [2, 2], "same")
+    assert (list(pool.padding_amount), list(pool.dilation_rate)) == ([1, 1, 1, 1], [1, 1])
+    assert (pool.filters, pool.activation) == (0, "")
+    assert (conv.filters, conv.activation, list(conv.kernel_size)) == (4, "relu", [3, 3])

@@ -14,11 +14,15 @@ if TYPE_CHECKING:
 
 __all__ = ["activated_output", "activation_name", "describe_layers"]
 
+# The pooling layers whose window metadata.json records: their pool size is the kernel.
+_POOLING = ("MaxPooling2D", "AveragePooling2D")
+
 
 def describe_layers(model: keras.Model) -> list[Layer]:
-    """Every layer's name, type and shapes; for Conv2D also its kernel, strides, padding, dilation.
+    """Every layer's name, type and shapes; for Conv2D also its kernel, strides, padding, dilation
+    and activation, for MaxPooling2D and AveragePooling2D their window (kernel = pool size).
 
-    Each conv layer's output shape is checked against O = floor((I − K_eff + 2P) / S) + 1.
+    Each window's output shape is checked against O = floor((I − K_eff + 2P) / S) + 1.
     """
     layers = []
     for layer in model.layers:
@@ -34,20 +38,29 @@ def describe_layers(model: keras.Model) -> list[Layer]:
         if described.is_conv:  # its activation: its own, or the activation layer after it
             activation = activation_name(activated_output(model, layer))
             described = _describe_conv(layer, described, activation)
+        elif described.type in _POOLING:
+            described = _describe_window(layer, described, layer.pool_size, (1, 1))
         layers.append(described)
     return layers
 
 
 def _describe_conv(layer: Any, described: Layer, activation: str) -> Layer:
-    kernel, strides, dilation = layer.kernel_size, layer.strides, layer.dilation_rate
+    described = dataclasses.replace(described, filters=int(layer.filters), activation=activation)
+    return _describe_window(layer, described, layer.kernel_size, layer.dilation_rate)
+
+
+def _describe_window(
+    layer: Any, described: Layer, kernel: tuple[int, int], dilation: tuple[int, int]
+) -> Layer:
+    """`described` with the window of a layer that slides one over its input (a conv, a pooling
+    layer), once its output shape is what the output-size formula says."""
+    strides, padding = layer.strides, layer.padding
     axes = list(zip(described.input_shape[:2], kernel, strides, dilation, strict=True))
     padding_amount = [
-        same_padding(size, k, s, d) if layer.padding == "same" else (0, 0) for size, k, s, d in axes
+        same_padding(size, k, s, d) if padding == "same" else (0, 0) for size, k, s, d in axes
     ]
-    expected = (
-        *(output_size(size, k, s, layer.padding, d) for size, k, s, d in axes),
-        layer.filters,
-    )
+    channels = described.filters if described.is_conv else described.input_shape[2]
+    expected = (*(output_size(size, k, s, padding, d) for size, k, s, d in axes), channels)
     if expected != described.output_shape:
         raise ExportError(
             f"layer {layer.name}: Keras output shape {list(described.output_shape)} differs from "
@@ -55,13 +68,11 @@ def _describe_conv(layer: Any, described: Layer, activation: str) -> Layer:
         )
     return dataclasses.replace(
         described,
-        filters=int(layer.filters),
         kernel_size=tuple(kernel),
         strides=tuple(strides),
-        padding=layer.padding,
+        padding=padding,
         padding_amount=(*padding_amount[0], *padding_amount[1]),
         dilation_rate=tuple(dilation),
-        activation=activation,
     )
 
 

@@ -176,7 +176,8 @@ def _shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
 
 
 def layer_message(layer: Layer) -> pb.Layer:
-    """A layer as the wire's `Layer` (convolution fields for Conv2D layers only)."""
+    """A layer as the wire's `Layer`: the window for a layer with one (Conv2D, pooling), filters
+    and activation for Conv2D layers only."""
     message = pb.Layer(
         name=layer.name,
         type=layer.type,
@@ -184,13 +185,14 @@ def layer_message(layer: Layer) -> pb.Layer:
         output_shape=layer.output_shape,
         parameters=layer.parameters,
     )
-    if layer.is_conv:
-        message.filters = layer.filters
+    if layer.has_window:
         message.kernel_size.extend(layer.kernel_size)
         message.strides.extend(layer.strides)
         message.padding = layer.padding
         message.padding_amount.extend(layer.padding_amount)
         message.dilation_rate.extend(layer.dilation_rate)
+    if layer.is_conv:
+        message.filters = layer.filters
         message.activation = layer.activation
     return message
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from convserve import fashion_mnist
-from convserve.artifact import ArtifactError, sha256_file
+from convserve.artifact import ArtifactError, Layer, sha256_file
 from training import publish, train
 from training.layers import describe_layers
 from training.model import PRESETS, ConfigError, ConvLayer, ModelConfig
@@ -135,6 +135,45 @@ def test_padding_and_dilation_are_recorded(tmp_path: Path) -> None:
     layers = describe_layers(train.fit(config, verbose=0).model)
     assert layers[0].padding_amount == (1, 2, 1, 2) and layers[0].output_shape == (28, 28, 2)
     assert layers[1].dilation_rate == (2, 2) and layers[1].output_shape == (24, 24, 2)
+
+
+def test_pooling_windows_are_recorded() -> None:
+    """MaxPooling2D and AveragePooling2D carry their window, as a conv does, through
+    metadata.json and the wire: what a receptive field is followed through."""
+    import keras
+
+    from convserve.api.codec import from_layer_message, layer_message
+
+    inputs = keras.Input((28, 26, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)  # 26x24
+    x = keras.layers.MaxPooling2D(2, name="max_pooling2d")(x)  # 13x12
+    average = keras.layers.AveragePooling2D(
+        pool_size=3, strides=2, padding="same", name="average_pooling2d"
+    )
+    x = average(x)  # 7x6
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))
+    _, max_pool, average_pool, flatten, _ = describe_layers(keras.Model(inputs, outputs))
+    assert max_pool == Layer(
+        "max_pooling2d", "MaxPooling2D", (26, 24, 4), (13, 12, 4), 0, kernel_size=(2, 2),
+        strides=(2, 2), padding="valid", padding_amount=(0, 0, 0, 0), dilation_rate=(1, 1),
+    )  # fmt: skip
+    assert average_pool == Layer(
+        "average_pooling2d", "AveragePooling2D", (13, 12, 4), (7, 6, 4), 0, kernel_size=(3, 3),
+        strides=(2, 2), padding="same", padding_amount=(1, 1, 0, 1), dilation_rate=(1, 1),
+    )  # fmt: skip
+    assert average_pool.to_dict() == {
+        "name": "average_pooling2d", "type": "AveragePooling2D", "input_shape": [13, 12, 4],
+        "output_shape": [7, 6, 4], "parameters": 0, "kernel_size": [3, 3], "strides": [2, 2],
+        "padding": "same", "padding_amount": [[1, 1], [0, 1]], "dilation_rate": [1, 1],
+    }  # fmt: skip
+    assert max_pool.describe() == (
+        "max_pooling2d MaxPooling2D 26x24x4 → 13x12x4, pool 2x2, strides 2x2, "
+        "padding valid [0, 0, 0, 0]"
+    )
+    for layer in (max_pool, average_pool, flatten):
+        assert Layer.from_dict(layer.to_dict(), "metadata.json: layers") == layer
+        assert from_layer_message(layer_message(layer)) == layer
+    assert not flatten.has_window
 
 
 def test_evaluation_report(exported: tuple[Path, train.TrainResult]) -> None:
