@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         description="HTTP port on the same host: the Open Inference Protocol's REST API and "
         "convserve's own API as JSON (0: any free port, -1: off)",
     )
+    explorer: bool = Field(
+        True,
+        description="serve the explorer page (what each layer of a served model sees) at / "
+        "on the HTTP port; it calls the HTTP API, with the caller's token",
+    )
     metrics_host: str = Field("0.0.0.0", description="address the Prometheus /metrics server binds")
     metrics_port: int = Field(
         8000, ge=-1, le=65535, description="Prometheus /metrics port (0: any free port, -1: off)"

@@ -140,13 +140,15 @@ class Server:
 
     async def _start_http(self) -> None:
         """The HTTP door on the gRPC host: the V2 REST API and both APIs as Connect calls."""
-        from service.http import connect, rest
+        from service.http import connect, explorer, rest
         from service.http.door import Door
 
         door = Door(self._boundary, self._auth, self.settings.max_message_bytes)
         rest.add_routes(door, self._v2)
         connect.add_routes(door, v1.SERVICE, self._v1, raw_responses=v1.RAW_RESPONSES)
         connect.add_routes(door, v2.SERVICE, self._v2)
+        if self.settings.explorer:
+            explorer.add_routes(door)
         port = self.settings.http_port
         try:
             self._http, self.http_port = await door.serve(

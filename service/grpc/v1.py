@@ -150,7 +150,8 @@ def _images(images: pb.Images) -> Images:
 
 def _as_uint8(pixels: np.ndarray) -> np.ndarray:
     """float32 pixels 0..255 → uint8, rounded (the images a FeatureMap call asked to see)."""
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    rounded: np.ndarray = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return rounded
 
 
 def _top_k(top_k: int) -> int:

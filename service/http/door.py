@@ -5,7 +5,8 @@ servicer method gRPC calls, and translates the answer back (service.http.rest fo
 Inference Protocol's REST API, service.http.connect for the APIs as JSON). Around it, the
 door does what the gRPC door does, with the same code: the token check (`TokenAuth.refusal`,
 on the gRPC method the route stands for), and `Boundary.answer` — admission, the deadline
-(`Connect-Timeout-Ms`), the request id (`x-request-id`, sent back), metrics with
+(`Connect-Timeout-Ms`), the request id (`x-request-id`, sent back), the time it took
+(`Server-Timing`), metrics with
 `protocol="http"`, the access log, and the status of every error (`errors.http_status`).
 
 aiohttp rather than starlette on uvicorn: both answered a JSON POST at the same rate here
@@ -112,6 +113,7 @@ class Door:
         self.app.router.add_route(http_method, path, handle, expect_handler=_expect)
 
     async def _answer(self, request: web.Request, route: Route) -> web.StreamResponse:
+        started = time.perf_counter()
         request_id = _request_id(request)
         refusal = None
         if self._auth is not None and not route.open:
@@ -138,6 +140,9 @@ class Door:
                 status = http_status(answer.code, answer.error)
                 response = route.error(status, answer.code, answer.message)
         response.headers[REQUEST_ID_KEY] = request_id
+        # How long the server took, for the caller to see (the explorer page shows it).
+        milliseconds = (time.perf_counter() - started) * 1000
+        response.headers["Server-Timing"] = f"convserve;dur={milliseconds:.2f}"
         return response
 
     async def body(self, request: web.Request, context: HttpContext) -> bytes:

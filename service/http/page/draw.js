@@ -1,0 +1,130 @@
+// Pictures of tensors on canvases: colour scales with a labelled legend, channels of a
+// feature map, kernels, the input, heatmaps over it.
+
+const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+const DIVERGING = [[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130],
+  [178, 24, 43]];
+const INFERNO = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
+
+function interpolate(stops, t) {
+  const x = Math.min(Math.max(t, 0), 1) * (stops.length - 1);
+  const i = Math.min(Math.floor(x), stops.length - 2);
+  const f = x - i;
+  return stops[i].map((c, k) => Math.round(c + (stops[i + 1][k] - c) * f));
+}
+
+export function format(value) {
+  if (value === 0) return "0";
+  const size = Math.abs(value);
+  return size >= 1000 || size < 0.01 ? value.toExponential(2) : Number(value.toPrecision(3)).toString();
+}
+
+// One scale for many pictures: diverging around 0 when the values have both signs,
+// sequential from the least to the greatest otherwise.
+export function scale(low, high) {
+  if (low < 0 && high > 0) {
+    const m = Math.max(-low, high);
+    return { low: -m, high: m, stops: DIVERGING, colour: (v) => interpolate(DIVERGING, (v + m) / (2 * m)) };
+  }
+  const span = high - low || 1;
+  return { low, high, stops: VIRIDIS, colour: (v) => interpolate(VIRIDIS, (v - low) / span) };
+}
+
+// The scale as a bar with its values written under it.
+export function legend(element, colours, label) {
+  element.replaceChildren();
+  const bar = document.createElement("canvas");
+  bar.width = 256;
+  bar.height = 1;
+  const image = bar.getContext("2d").createImageData(256, 1);
+  for (let x = 0; x < 256; x++) {
+    image.data.set([...interpolate(colours.stops, x / 255), 255], x * 4);
+  }
+  bar.getContext("2d").putImageData(image, 0, 0);
+  bar.className = "legend-bar";
+  bar.setAttribute("role", "img");
+  bar.setAttribute("aria-label", `${label}: colour scale from ${format(colours.low)} to ${format(colours.high)}`);
+  const ticks = document.createElement("div");
+  ticks.className = "ticks";
+  const values = colours.low < 0 ? [colours.low, 0, colours.high] : [colours.low, colours.high];
+  for (const value of values) {
+    const tick = document.createElement("span");
+    tick.textContent = format(value);
+    ticks.append(tick);
+  }
+  const caption = document.createElement("span");
+  caption.className = "legend-label";
+  caption.textContent = label;
+  element.append(caption, bar, ticks);
+}
+
+// Channel `channel` of image `n` of a [N, H, W, C] tensor, one canvas pixel per unit.
+export function channel(canvas, tensor, channel, colours, n = 0) {
+  const [, height, width, channels] = tensor.shape;
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(width, height);
+  const base = n * height * width * channels;
+  for (let p = 0; p < height * width; p++) {
+    image.data.set([...colours.colour(tensor.data[base + p * channels + channel]), 255], p * 4);
+  }
+  context.putImageData(image, 0, 0);
+}
+
+// Kernel [:, :, c, f] of a [KH, KW, C_in, C_out] tensor.
+export function kernel(canvas, tensor, input, output, colours) {
+  const [kh, kw, cin, cout] = tensor.shape;
+  canvas.width = kw;
+  canvas.height = kh;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(kw, kh);
+  for (let y = 0; y < kh; y++) {
+    for (let x = 0; x < kw; x++) {
+      const value = tensor.data[((y * kw + x) * cin + input) * cout + output];
+      image.data.set([...colours.colour(value), 255], (y * kw + x) * 4);
+    }
+  }
+  context.putImageData(image, 0, 0);
+}
+
+// A uint8 [N, H, W, C] image (C 1 or 3) as it is.
+export function picture(canvas, tensor, n = 0) {
+  const [, height, width, channels] = tensor.shape;
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(width, height);
+  const base = n * height * width * channels;
+  for (let p = 0; p < height * width; p++) {
+    const at = base + p * channels;
+    const rgb = channels === 3 ? tensor.data.subarray(at, at + 3) : [tensor.data[at], tensor.data[at], tensor.data[at]];
+    image.data.set([...rgb, 255], p * 4);
+  }
+  context.putImageData(image, 0, 0);
+}
+
+// A heatmap [N, H, W] (≥ 0) over the image, normalised by its own greatest value.
+export function heat(canvas, picture, heatmaps, n = 0) {
+  const [, height, width] = heatmaps.shape;
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(width, height);
+  const [, , , channels] = picture.shape;
+  const plane = height * width;
+  let high = 0;
+  for (let p = 0; p < plane; p++) high = Math.max(high, heatmaps.data[n * plane + p]);
+  for (let p = 0; p < plane; p++) {
+    const t = high > 0 ? heatmaps.data[n * plane + p] / high : 0;
+    const at = (n * plane + p) * channels;
+    const gray = channels === 3
+      ? (picture.data[at] * 299 + picture.data[at + 1] * 587 + picture.data[at + 2] * 114) / 1000
+      : picture.data[at];
+    const colour = interpolate(INFERNO, t);
+    const mix = 0.25 + 0.6 * t;
+    image.data.set([...colour.map((c) => Math.round(c * mix + gray * (1 - mix))), 255], p * 4);
+  }
+  context.putImageData(image, 0, 0);
+  return high;
+}
