@@ -41,8 +41,9 @@ run: install
 train: install
 	$(BIN)/convserve train --preset seed --name $(MODEL) --models-dir $(MODELS_DIR)
 
-# The tests also run deploy/'s topology on loopback: Envoy comes from PyPI, Prometheus from Debian.
-TEST_APT_PACKAGES := prometheus
+# The tests also run deploy/'s topology on loopback (Envoy from PyPI, Prometheus from Debian)
+# and drive the explorer page in Debian's Chromium (with Playwright, never `playwright install`).
+TEST_APT_PACKAGES := prometheus chromium
 test: install
 	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(TEST_APT_PACKAGES)"
 	$(BIN)/python -m pytest

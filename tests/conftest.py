@@ -157,3 +157,43 @@ def test_images() -> Any:
     from convserve import fashion_mnist
 
     return fashion_mnist.load("test")
+
+
+@pytest.fixture(scope="session")
+def own(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The user's own models (tests/own_models.py): `folder` trained on an RGB image folder,
+    `onnx` and `keras` imported."""
+    from tests.own_models import (
+        EASY,
+        OFFSET,
+        SCALE,
+        keras_classifier,
+        onnx_classifier,
+        write_folder,
+    )  # fmt: skip
+    from training.importer import import_model
+    from training.model import PRESETS
+    from training.publish import train
+
+    root = tmp_path_factory.mktemp("own")
+    models = root / "models"
+    folder = write_folder(root / "images", per_class=150)
+    config = PRESETS["small"].replace(images=str(folder), epochs=4, batch_size=32)
+    train(config, name="folder", models_dir=models, verbose=0, report=False)
+    onnx_file = onnx_classifier(root / "net.onnx")
+    import_model(onnx_file, name="onnx", classes=EASY, models_dir=models, scale=SCALE,
+                 offset=OFFSET)  # fmt: skip
+    keras_file = keras_classifier(root / "skip.keras")
+    import_model(keras_file, name="keras", classes=EASY, models_dir=models, scale=SCALE,
+                 offset=OFFSET)  # fmt: skip
+    return {"models": models, "folder": folder, "onnx": onnx_file, "keras": keras_file}
+
+
+@pytest.fixture(scope="session")
+def own_server(own: dict[str, Path]) -> Iterator[RunningServer]:
+    from service.settings import Settings
+
+    settings = Settings(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
+                        models_dir=own["models"], default_model="folder")  # fmt: skip
+    with serving(settings) as running:
+        yield running

@@ -5,7 +5,6 @@ each served by a real server and checked against the framework that defines it."
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,48 +18,17 @@ from PIL import Image
 from client import Client
 from client.errors import InvalidArgument
 from convserve import artifact, imagefiles
-from tests.conftest import RunningServer, serving
 from tests.own_models import (
     EASY,
     OFFSET,
     ONNX_SHAPE,
     SCALE,
     SIDE,
-    keras_classifier,
     onnx_classifier,
-    write_folder,
 )
 from training import data
 from training.errors import ExportError
 from training.importer import import_model
-from training.model import PRESETS
-from training.publish import train
-
-
-@pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("own")
-    models = root / "models"
-    folder = write_folder(root / "images", per_class=150)
-    config = PRESETS["small"].replace(images=str(folder), epochs=4, batch_size=32)
-    train(config, name="folder", models_dir=models, verbose=0, report=False)
-    onnx_file = onnx_classifier(root / "net.onnx")
-    import_model(onnx_file, name="onnx", classes=EASY, models_dir=models, scale=SCALE,
-                 offset=OFFSET)  # fmt: skip
-    keras_file = keras_classifier(root / "skip.keras")
-    import_model(keras_file, name="keras", classes=EASY, models_dir=models, scale=SCALE,
-                 offset=OFFSET)  # fmt: skip
-    return {"models": models, "folder": folder, "onnx": onnx_file, "keras": keras_file}
-
-
-@pytest.fixture(scope="module")
-def own_server(own: dict[str, Path]) -> Iterator[RunningServer]:
-    from service.settings import Settings
-
-    settings = Settings(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
-                        models_dir=own["models"], default_model="folder")  # fmt: skip
-    with serving(settings) as running:
-        yield running
 
 
 def png(pixels: np.ndarray) -> bytes:

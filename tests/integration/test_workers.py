@@ -210,7 +210,7 @@ def test_a_frozen_worker_fails_the_call_by_name_and_a_retry_aligns_all(served: S
                     client.unload_model("cam")
                 except Unavailable as exc:
                     message = str(exc)
-                    if "did not" in message:  # a worker's answer, not a connection to the frozen one
+                    if "did not" in message:  # the relay named a worker (not a failed connect)
                         break
                 except ConvserveError:  # on the frozen worker itself: its deadline passed
                     pass

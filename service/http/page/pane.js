@@ -12,7 +12,7 @@ const METHODS = [
   ["EXPLAIN_METHOD_OCCLUSION", "Occlusion"],
 ];
 const MOST_KERNELS = 512; // drawn for one layer; the rest are named, not drawn
-const CURL_SHOWN = 700; // characters of a call's curl shown (Copy takes all)
+const CURL_SHOWN = 4000; // characters of a call's curl shown (Copy takes all)
 
 const dims = (shape) => (shape || []).map(Number).join("×");
 
@@ -202,6 +202,8 @@ export class Pane {
   analyse(image) {
     this.image = image;
     if (!this.metadata) return;
+    this.$(".bars").replaceChildren(); // nothing of the last image stays on show
+    this.$(".channels").replaceChildren();
     this.predict();
     this.seenReady = this.featureMap();
     this.explain();
@@ -340,6 +342,7 @@ export class Pane {
     const text = this.$(".unit");
     const box = this.$(".rf");
     const where = `Channel ${this.channel}, unit (row ${row}, column ${col}): ${draw.format(value)}.`;
+    text.dataset.value = String(value);
     if (field.error) {
       text.textContent = `${where} Its receptive field is unknown: ${field.error}.`;
       box.hidden = true;
