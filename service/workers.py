@@ -395,9 +395,15 @@ class Supervisor:
 
     def _log_serving(self) -> None:
         settings = self.settings
+        from service.http import explorer
+
         http = f", HTTP on port {settings.http_port}" if settings.http_port > 0 else ""
         log.info(
-            "serving with %d workers: gRPC on port %d%s", settings.workers, settings.port, http
+            "serving with %d workers: gRPC on port %d%s%s",
+            settings.workers,
+            settings.port,
+            http,
+            explorer.announcement(settings, settings.http_port if settings.http_port > 0 else None),
         )
 
     # -- control calls, one at a time, in one order ------------------------------------------

@@ -44,6 +44,8 @@ class Page:
         self.context.set_default_timeout(SECONDS * 1000)
         self.page = self.context.new_page()
         self.problems: list[str] = []
+        self.requests: list[str] = []  # every URL the page asked for
+        self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.problems.append(f"exception: {error}"))
         self.page.goto(url)

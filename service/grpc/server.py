@@ -105,14 +105,17 @@ class Server:
         metrics.WORKERS.set(1)
         if self._link is not None:
             await self._link.serving(self._apply)
+        from service.http import explorer
+
         log.info(
-            "serving %s on %s (gRPC port %d%s) after %.2f s%s",
+            "serving %s on %s (gRPC port %d%s) after %.2f s%s%s",
             ", ".join(self.repository.names) or "no models",
             self.settings.host,
             port,
             f", HTTP port {self.http_port}" if self.http_port else "",
             time.perf_counter() - started,
             f"; metrics on port {self.metrics_port}" if self.metrics_port else "",
+            "" if self._link else explorer.announcement(self.settings, self.http_port),
         )
         return port
 

@@ -5,8 +5,11 @@ trained on an RGB image folder and an imported ONNX model."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import pytest
 from client import Client
 from convserve.artifact import Layer
 from convserve.fashion_mnist import Dataset
+from service.http.explorer import PAGE
 from tests.browser import PHONE, Page, chromium, png
 from tests.conftest import RunningServer, serving
 
@@ -87,6 +91,38 @@ def test_the_page_loads_without_console_errors_and_shows_the_default_model(
     page.wait_analysed()
     assert page.page.locator("#pad").is_visible()  # a 28×28 grayscale model can be drawn for
     assert page.problems == []
+    origin = f"http://127.0.0.1:{server.server.http_port}/"
+    assert [url for url in page.requests if not url.startswith((origin, "blob:", "data:"))] == []
+    assert {url.split("/")[-1] for url in page.requests if "/explorer/" in url} == {
+        path.name for path in PAGE.iterdir()
+    } - {"index.html"}  # every file of the page is used
+
+
+def test_the_page_is_served_with_its_security_headers_and_can_be_turned_off(
+    server, models_dir: Path
+) -> None:
+    base = f"http://127.0.0.1:{server.server.http_port}"
+    with urllib.request.urlopen(f"{base}/") as response:
+        assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'self';")
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    with urllib.request.urlopen(f"{base}/explorer/main.js") as response:
+        assert response.headers["Content-Type"] == "text/javascript; charset=utf-8"
+    for missing in ("/explorer/nothing.js", "/explorer/..%2Fexplorer.py"):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"{base}{missing}")
+        assert error.value.code == 404
+    # Every API answer says how long the server took (the page shows it).
+    request = urllib.request.Request(
+        f"{base}/convserve.v1.ConvServe/ListModels", b"{}", {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request) as response:
+        assert re.fullmatch(r"convserve;dur=\d+\.\d\d", response.headers["Server-Timing"])
+    with own_settings(models_dir, explorer=False) as plain:
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"http://127.0.0.1:{plain.server.http_port}/")
+        assert error.value.code == 404
+        assert json.loads(error.value.read())["error"].startswith("GET /: Not Found")
 
 
 def test_an_uploaded_png_shows_the_class_grpc_predict_gives(

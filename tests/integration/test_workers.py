@@ -324,3 +324,14 @@ def test_a_taken_port_is_one_line_naming_it(flag: str, workers: int, tmp_path: P
     expected = f"port {ports[flag]} ({flag}) is in use; pick another with {flag}"
     assert error == f"convserve serve: error: {expected}"
     assert "Traceback" not in finished.stderr
+
+
+def test_the_start_line_names_the_explorer_page_and_every_worker_serves_it(
+    served: Served,
+) -> None:
+    address = f"http://127.0.0.1:{served.http_port}/"
+    _wait(lambda: "serving with" in served.log.read_text(), served.process, 30)
+    starts = [line for line in served.log.read_text().splitlines() if "serving with" in line]
+    assert len(starts) == 1 and f"the explorer page: {address}" in starts[0], starts
+    for _ in range(20):  # fresh connections, so every worker answers some
+        assert "<title>convserve explorer</title>" in http_get(address)
