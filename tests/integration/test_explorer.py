@@ -557,3 +557,53 @@ def test_usable_at_phone_width(server, open_page, shoe: bytes) -> None:
     for name in ("model", "seen", "predict", "featuremap", "filters", "explain"):
         box = page.pane().locator(f'[data-panel="{name}"]').bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"] + 1, name
+
+
+def test_a_pasted_image_is_used(server, open_page, shoe: bytes) -> None:
+    page = open_page(server)
+    page.wait_for_model()
+    page.page.evaluate(
+        """(bytes) => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(bytes)], "x.png", {type: "image/png"}));
+            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: data}));
+        }""",
+        list(shoe),
+    )
+    page.wait_analysed()
+    assert page.page.locator("#sent-caption").inner_text().startswith("Sent: the pasted image")
+
+
+def test_keyboard_and_screen_reader_usable(server, open_page, shoe: bytes) -> None:
+    """Tab goes through the controls in reading order; every control, picture and canvas
+    has a name a screen reader reads out."""
+    page = open_page(server)
+    page.wait_for_model()
+    page.upload(shoe)
+    page.wait_analysed()
+    order = []
+    for _ in range(9):
+        page.page.keyboard.press("Tab")
+        order.append(
+            page.page.evaluate(
+                """() => { const e = document.activeElement;
+                    return e.id || e.className || e.tagName.toLowerCase(); }"""
+            )
+        )
+    assert order == [
+        "file", "draw", "clear", "use-drawing", "compare", "model-select", "version-select",
+        "summary", "scroll",  # the layers table, which scrolls sideways on a phone
+    ]  # fmt: skip
+    unnamed = page.page.evaluate(
+        """() => [...document.querySelectorAll(
+                'select, input, button, canvas, img, [tabindex]')]
+            .filter((e) => e.offsetParent !== null || e.id === 'file')
+            .filter((e) => !(e.getAttribute('aria-label') || e.alt
+                || (e.labels && [...e.labels].some((l) => l.textContent.trim()))
+                || (e.tagName === 'BUTTON' && e.textContent.trim())))
+            .map((e) => e.outerHTML.slice(0, 80))"""
+    )
+    assert unnamed == []
+    headings = page.page.locator("h1, h2, h3").all_inner_texts()
+    assert headings[:3] == ["convserve explorer", "Image", "Model"]
+    assert {"Prediction", "Feature maps", "Kernels", "Explanations"} <= set(headings)
