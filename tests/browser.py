@@ -64,7 +64,17 @@ class Page:
         return pane
 
     def upload(self, data: bytes, name: str = "image.png", mime: str = "image/png") -> None:
+        """Choose the file, and wait until the page has taken it (and cleared what it showed
+        of the last image)."""
+        taken = self.images_taken()
         self.page.set_input_files("#file", files=[{"name": name, "mimeType": mime, "buffer": data}])
+        self.page.wait_for_function(
+            "(n) => Number(document.body.dataset.images || 0) > n", arg=taken
+        )
+
+    def images_taken(self) -> int:
+        """How many images the page has taken (chosen, dropped, pasted or drawn)."""
+        return int(self.page.evaluate("() => Number(document.body.dataset.images || 0)"))
 
     def wait_analysed(self, index: int = 0) -> Any:
         """The pane, once its prediction, feature maps and three explanations are drawn."""

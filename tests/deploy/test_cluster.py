@@ -354,3 +354,23 @@ def test_a_replica_stopping_under_http_load_fails_no_http_request(
     retries = _envoy_retries(cluster, "convserve_http") - retries_before
     print(f"\n{signum.name} over HTTP: {total} requests, {total - at_signal} after it, 0 failed, "
           f"{retries} retried")  # fmt: skip
+
+
+def test_the_explorer_page_works_through_envoy(cluster: Cluster, images: np.ndarray) -> None:
+    """The page and every call it makes go through Envoy's HTTP listener to the replicas."""
+    from tests.browser import Page, chromium, png
+
+    with chromium() as browser:
+        page = Page(browser, f"{cluster.http}/")
+        try:
+            page.wait_for_model()
+            with Client(cluster.target, retries=0) as client:
+                for image in images[:3]:
+                    page.upload(png(image), "item.png")
+                    pane = page.wait_analysed()
+                    top = pane.locator(".bars li.top").get_attribute("data-class")
+                    assert top == client.predict(image[None]).top[0][0].name
+            assert page.problems == []
+            assert all(url.startswith((cluster.http, "blob:", "data:")) for url in page.requests)
+        finally:
+            page.close()

@@ -133,10 +133,6 @@ def test_an_uploaded_png_shows_the_class_grpc_predict_gives(
     with Client(server.target) as client:
         for image in test_images.images[:3]:
             page.upload(png(image), "item.png")
-            page.page.wait_for_function(
-                "(n) => document.querySelector('#sent-caption').textContent.includes(n)",
-                arg=f"({len(png(image))} bytes)",
-            )
             page.wait_analysed()
             expected = client.predict(image[None], top_k=10)
             shown = probabilities(pane)
@@ -179,7 +175,10 @@ def test_feature_maps_one_picture_per_channel_on_a_shared_scale(
     # The pre-activation switch: the convolution before its activation, with negative values.
     pane.locator(".layer-select").select_option(info.layers[0].name)
     pane.locator(".pre").check()
-    assert "before the activation" in pane.locator(".map-legend").inner_text()
+    page.page.wait_for_function(
+        "([p, text]) => p.querySelector('.map-legend').textContent.startsWith(text)",
+        arg=[pane.element_handle(), f"{info.layers[0].name}, before the activation"],
+    )
     assert float(pane.locator(".map-legend .ticks span").first.inner_text()) < 0
 
 

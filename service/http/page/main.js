@@ -81,6 +81,7 @@ function use(bytes, name) {
     `Sent: ${name} (${bytes.length.toLocaleString("en")} bytes)`;
   document.getElementById("sent-figure").hidden = false;
   for (const pane of panes) pane.analyse(image);
+  document.body.dataset.images = String(Number(document.body.dataset.images || 0) + 1);
 }
 
 document.getElementById("sent").addEventListener("error", () => {
