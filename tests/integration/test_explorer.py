@@ -451,8 +451,9 @@ def test_a_non_image_upload_shows_an_error_in_words_and_the_page_goes_on(
 def own_settings(models_dir: Path, **changes: Any) -> Iterator[RunningServer]:
     from service.settings import Settings
 
+    changes = {"default_model": "fashion", **changes}
     settings = Settings(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=-1,
-                        models_dir=models_dir, default_model="fashion", **changes)  # fmt: skip
+                        models_dir=models_dir, **changes)  # fmt: skip
     with serving(settings) as running:
         yield running
 
@@ -544,9 +545,10 @@ def test_an_rgb_folder_model_and_an_imported_onnx_model(own, own_server, open_pa
         assert "method occlusion, which works on any model" in caption
 
 
-def test_usable_at_phone_width(server, open_page, shoe: bytes) -> None:
-    page = open_page(server, viewport=PHONE)
-    page.wait_for_model()
+@pytest.mark.parametrize("width", [PHONE["width"], 320])  # a common phone, the narrowest
+def test_usable_at_phone_width(server, open_page, shoe: bytes, width: int) -> None:
+    page = open_page(server, viewport={"width": width, "height": 800})
+    choose(page, "layers")
     page.upload(shoe)
     page.wait_analysed()
     overflow = page.page.evaluate(
@@ -555,7 +557,7 @@ def test_usable_at_phone_width(server, open_page, shoe: bytes) -> None:
     assert overflow <= 0  # no sideways scrolling of the page (wide tables scroll in place)
     for name in ("model", "seen", "predict", "featuremap", "filters", "explain"):
         box = page.pane().locator(f'[data-panel="{name}"]').bounding_box()
-        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"] + 1, name
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, name
 
 
 def test_a_pasted_image_is_used(server, open_page, shoe: bytes) -> None:
@@ -606,3 +608,26 @@ def test_keyboard_and_screen_reader_usable(server, open_page, shoe: bytes) -> No
     headings = page.page.locator("h1, h2, h3").all_inner_texts()
     assert headings[:3] == ["convserve explorer", "Image", "Model"]
     assert {"Prediction", "Feature maps", "Kernels", "Explanations"} <= set(headings)
+
+
+def test_compare_two_versions_of_a_model(models_dir: Path, open_page, tmp_path: Path) -> None:
+    """With two versions served, Compare puts the one before the latest beside it."""
+    import shutil
+
+    for version in (1, 2):  # the same model, published twice
+        copy = shutil.copytree(models_dir / "layers" / "1", tmp_path / "layers" / str(version))
+        metadata = json.loads((copy / "metadata.json").read_text())
+        (copy / "metadata.json").write_text(json.dumps({**metadata, "version": version}))
+    image = png(np.random.default_rng(5).integers(0, 256, (28, 28), dtype=np.uint8))
+    with own_settings(tmp_path, default_model="layers", version_policy="all") as running:
+        page = open_page(running)
+        page.wait_for_model()
+        page.page.locator("#compare").check()
+        page.wait_for_model(1)
+        page.upload(image)
+        for index, version in ((0, 2), (1, 1)):
+            pane = page.wait_analysed(index)
+            assert pane.locator(".summary").inner_text().startswith(f"layers version {version} ")
+            with Client(running.target) as client:
+                expected = client.predict([image], version=version, top_k=10).probabilities[0]
+            np.testing.assert_allclose(list(probabilities(pane).values()), expected, atol=1e-6)

@@ -396,9 +396,9 @@ export class Pane {
         draw.kernel(canvas, kernels, c, f, colours);
         row.append(canvas);
       }
-      const bias = biases ? `, bias ${draw.format(biases[f])}` : "";
+      const bias = biases ? ` bias ${draw.format(biases[f])}` : "";
       grid.append(element("figure", { class: "filter" }, row,
-        element("figcaption", { text: `filter ${f}${bias}` })));
+        element("figcaption", { text: `${f}${bias}` })));
     }
   }
 
