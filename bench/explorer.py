@@ -20,12 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, free_port, start_convserve
 
-from bench.common import free_port, start_convserve  # noqa: E402
-from convserve import fashion_mnist  # noqa: E402
-from tests.browser import DESKTOP, PHONE, Page, chromium, png  # noqa: E402
+from convserve import fashion_mnist
+
+sys.path.insert(0, str(ROOT))  # the browser helpers live with the tests
+from tests.browser import DESKTOP, PHONE, Page, chromium, png
 
 NAVIGATION = """() => {
     const n = performance.getEntriesByType('navigation')[0];

@@ -61,6 +61,13 @@ def choose(page: Page, model: str, index: int = 0) -> Any:
     return pane
 
 
+def look(page: Page, model: str, image: bytes) -> Any:
+    """Pick `model` in the first pane and send `image`: the pane, once every panel is drawn."""
+    choose(page, model)
+    page.upload(image)
+    return page.wait_analysed()
+
+
 def probabilities(pane: Any) -> dict[str, float]:
     rows = pane.locator(".bars li")
     return {
@@ -147,9 +154,7 @@ def test_feature_maps_one_picture_per_channel_on_a_shared_scale(
 ) -> None:
     image = test_images.images[1]
     page = open_page(server)
-    choose(page, "layers")
-    page.upload(png(image))
-    pane = page.wait_analysed()
+    pane = look(page, "layers", png(image))
     with Client(server.target) as client:
         info = client.metadata(model="layers")
         for layer in [layer.name for layer in info.layers if len(layer.output_shape) == 3]:
@@ -188,9 +193,7 @@ def test_the_output_size_shown_equals_the_metadata_and_the_returned_shape(
     """The `layers` model: same and valid padding, stride 2, dilation 2, a pooling layer."""
     image = test_images.images[2]
     page = open_page(server)
-    pane = choose(page, "layers")
-    page.upload(png(image))
-    page.wait_analysed()
+    pane = look(page, "layers", png(image))
     with Client(server.target) as client:
         info = client.metadata(model="layers")
         windowed = [layer for layer in info.layers if layer.kernel_size]
@@ -236,9 +239,7 @@ def test_a_clicked_unit_shows_its_value_and_its_receptive_field(server, open_pag
     rng = np.random.default_rng(7)
     image = rng.integers(0, 256, (28, 28), dtype=np.uint8)
     page = open_page(server)
-    pane = choose(page, "layers")
-    page.upload(png(image))
-    page.wait_analysed()
+    pane = look(page, "layers", png(image))
     with Client(server.target) as client:
         info = client.metadata(model="layers")
     layers = list(info.layers)
@@ -337,9 +338,7 @@ def test_three_explanations_side_by_side_for_the_top_class_or_a_chosen_one(
 ) -> None:
     image = test_images.images[4]
     page = open_page(server)
-    pane = choose(page, "cam")
-    page.upload(png(image))
-    page.wait_analysed()
+    pane = look(page, "cam", png(image))
     with Client(server.target) as client:
         top = client.predict(image[None], model="cam").top[0][0]
         names = client.metadata(model="cam").class_names

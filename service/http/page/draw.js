@@ -34,13 +34,7 @@ export function scale(low, high) {
 export function legend(element, colours, label) {
   element.replaceChildren();
   const bar = document.createElement("canvas");
-  bar.width = 256;
-  bar.height = 1;
-  const image = bar.getContext("2d").createImageData(256, 1);
-  for (let x = 0; x < 256; x++) {
-    image.data.set([...interpolate(colours.stops, x / 255), 255], x * 4);
-  }
-  bar.getContext("2d").putImageData(image, 0, 0);
+  paint(bar, 256, 1, (x) => interpolate(colours.stops, x / 255));
   bar.className = "legend-bar";
   bar.setAttribute("role", "img");
   bar.setAttribute("aria-label", `${label}: colour scale from ${format(colours.low)} to ${format(colours.high)}`);
@@ -58,73 +52,56 @@ export function legend(element, colours, label) {
   element.append(caption, bar, ticks);
 }
 
-// Channel `channel` of image `n` of a [N, H, W, C] tensor, one canvas pixel per unit.
-export function channel(canvas, tensor, channel, colours, n = 0) {
-  const [, height, width, channels] = tensor.shape;
+// A width × height picture, one canvas pixel per value: rgb(p) colours pixel p (row-major).
+function paint(canvas, width, height, rgb) {
   canvas.width = width;
   canvas.height = height;
   const context = canvas.getContext("2d");
   const image = context.createImageData(width, height);
-  const base = n * height * width * channels;
-  for (let p = 0; p < height * width; p++) {
-    image.data.set([...colours.colour(tensor.data[base + p * channels + channel]), 255], p * 4);
-  }
+  for (let p = 0; p < width * height; p++) image.data.set([...rgb(p), 255], p * 4);
   context.putImageData(image, 0, 0);
+}
+
+// Channel `channel` of image `n` of a [N, H, W, C] tensor.
+export function channel(canvas, tensor, channel, colours, n = 0) {
+  const [, height, width, channels] = tensor.shape;
+  const base = n * height * width * channels + channel;
+  paint(canvas, width, height, (p) => colours.colour(tensor.data[base + p * channels]));
 }
 
 // Kernel [:, :, c, f] of a [KH, KW, C_in, C_out] tensor.
 export function kernel(canvas, tensor, input, output, colours) {
   const [kh, kw, cin, cout] = tensor.shape;
-  canvas.width = kw;
-  canvas.height = kh;
-  const context = canvas.getContext("2d");
-  const image = context.createImageData(kw, kh);
-  for (let y = 0; y < kh; y++) {
-    for (let x = 0; x < kw; x++) {
-      const value = tensor.data[((y * kw + x) * cin + input) * cout + output];
-      image.data.set([...colours.colour(value), 255], (y * kw + x) * 4);
-    }
-  }
-  context.putImageData(image, 0, 0);
+  paint(canvas, kw, kh, (p) => colours.colour(tensor.data[(p * cin + input) * cout + output]));
 }
 
-// A uint8 [N, H, W, C] image (C 1 or 3) as it is.
-export function picture(canvas, tensor, n = 0) {
+// Pixel p of image n of a uint8 [N, H, W, C] tensor (C 1 or 3), as [r, g, b].
+function rgbAt(tensor, n, p) {
   const [, height, width, channels] = tensor.shape;
-  canvas.width = width;
-  canvas.height = height;
-  const context = canvas.getContext("2d");
-  const image = context.createImageData(width, height);
-  const base = n * height * width * channels;
-  for (let p = 0; p < height * width; p++) {
-    const at = base + p * channels;
-    const rgb = channels === 3 ? tensor.data.subarray(at, at + 3) : [tensor.data[at], tensor.data[at], tensor.data[at]];
-    image.data.set([...rgb, 255], p * 4);
-  }
-  context.putImageData(image, 0, 0);
+  const at = (n * height * width + p) * channels;
+  const data = tensor.data;
+  return channels === 3 ? [data[at], data[at + 1], data[at + 2]] : [data[at], data[at], data[at]];
 }
 
-// A heatmap [N, H, W] (≥ 0) over the image, normalised by its own greatest value.
-export function heat(canvas, picture, heatmaps, n = 0) {
+// A uint8 [N, H, W, C] image as it is.
+export function picture(canvas, tensor, n = 0) {
+  const [, height, width] = tensor.shape;
+  paint(canvas, width, height, (p) => rgbAt(tensor, n, p));
+}
+
+// A heatmap [N, H, W] (≥ 0) over the image, normalised by its own greatest value; returns
+// that value (0: nothing to show).
+export function heat(canvas, image, heatmaps, n = 0) {
   const [, height, width] = heatmaps.shape;
-  canvas.width = width;
-  canvas.height = height;
-  const context = canvas.getContext("2d");
-  const image = context.createImageData(width, height);
-  const [, , , channels] = picture.shape;
   const plane = height * width;
   let high = 0;
   for (let p = 0; p < plane; p++) high = Math.max(high, heatmaps.data[n * plane + p]);
-  for (let p = 0; p < plane; p++) {
+  paint(canvas, width, height, (p) => {
     const t = high > 0 ? heatmaps.data[n * plane + p] / high : 0;
-    const at = (n * plane + p) * channels;
-    const gray = channels === 3
-      ? (picture.data[at] * 299 + picture.data[at + 1] * 587 + picture.data[at + 2] * 114) / 1000
-      : picture.data[at];
-    const colour = interpolate(INFERNO, t);
+    const [r, g, b] = rgbAt(image, n, p);
+    const gray = (r * 299 + g * 587 + b * 114) / 1000;
     const mix = 0.25 + 0.6 * t;
-    image.data.set([...colour.map((c) => Math.round(c * mix + gray * (1 - mix))), 255], p * 4);
-  }
-  context.putImageData(image, 0, 0);
+    return interpolate(INFERNO, t).map((c) => Math.round(c * mix + gray * (1 - mix)));
+  });
   return high;
 }
