@@ -533,15 +533,24 @@ def _padding_amount(value: list[Any], where: str) -> tuple[int, ...]:
     return tuple(flat)
 
 
-def read(directory: Path) -> Metadata:
-    """The validated metadata of MODELS_DIR/NAME/VERSION, whose files are what it records."""
+def read(directory: Path, *, renamed: bool = False) -> Metadata:
+    """The validated metadata of MODELS_DIR/NAME/VERSION, whose files are what it records.
+
+    `renamed`: the artifact is served under another name (KServe's layouts: MODELS_DIR/VERSION
+    or MODELS_DIR itself): its folder's name is checked against its version only if it is one.
+    """
     path = directory / METADATA_FILE
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: cannot read it: {exc}") from exc
     metadata = Metadata.from_dict(data, str(path))
-    if str(metadata.version) != directory.name or metadata.name != directory.parent.name:
+    if renamed:
+        if directory.name.isdigit() and int(directory.name) != metadata.version:
+            raise ArtifactError(
+                f"{path}: describes version {metadata.version}, but lives in {directory.name}/"
+            )
+    elif str(metadata.version) != directory.name or metadata.name != directory.parent.name:
         raise ArtifactError(
             f"{path}: describes {metadata.name} version {metadata.version}, "
             f"but lives in {directory.parent.name}/{directory.name}"

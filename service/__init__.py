@@ -8,6 +8,7 @@ __all__ = [
     "grpc",
     "http",
     "images",
+    "layouts",
     "main",
     "metrics",
     "model",

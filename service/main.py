@@ -132,7 +132,11 @@ def run(args: argparse.Namespace) -> int:
             settings.workers,
         )
         settings = settings.model_copy(update={"workers": 1})
+    from service.layouts import problem
     from service.workers import check_ports_free, serve_workers
+
+    if settings.model_name and (wrong := problem(settings.models_dir, settings.model_name)):
+        raise CommandError(wrong)
 
     if settings.workers > 1:
         return serve_workers(settings)

@@ -6,6 +6,7 @@ Every method is a plain blocking call; ONNX Runtime releases the GIL while it co
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -105,14 +106,17 @@ class Model:
             )
 
     @classmethod
-    def load(cls, path: Path, threads: int = 1) -> Model:
+    def load(cls, path: Path, threads: int = 1, *, name: str = "") -> Model:
         """Load `path` = MODELS_DIR/NAME/VERSION, verified against its metadata.json, and warm
-        it; `threads` is each ONNX Runtime session's intra-op thread count."""
+        it; `threads` is each ONNX Runtime session's intra-op thread count. `name`: the name
+        it is served under, when not its own (see `artifact.read`'s `renamed`)."""
         started = time.perf_counter()
         try:
-            metadata = artifact.read(path)
+            metadata = artifact.read(path, renamed=bool(name))
         except artifact.ArtifactError as exc:
             raise ModelLoadError(str(exc)) from None
+        if name:
+            metadata = dataclasses.replace(metadata, name=name)
         for required in (ONNX_FILE, FEATURES_FILE, FILTERS_FILE):
             if metadata.file(required) is None:
                 raise ModelLoadError(

@@ -1,4 +1,5 @@
-"""The model repository on disk, MODELS_DIR/NAME/VERSION/: what is served, kept in sync.
+"""The model repository on disk, MODELS_DIR/NAME/VERSION/ (or another of service.layouts):
+what is served, kept in sync.
 
 `sync()` compares the directory with what is loaded: versions the policy wants are loaded
 and warmed first, then the new set of models replaces the old one in a single assignment,
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from service import metrics
 from service.errors import InvalidInput, ModelLoadError, NotFound, Unavailable
+from service.layouts import scan
 from service.model import Model
 from service.policies import parse_policies
 
@@ -57,11 +59,13 @@ class Repository:
         self,
         models_dir: Path,
         default_model: str = "",
-        load: Callable[[Path], Model] = Model.load,
+        load: Callable[..., Model] = Model.load,
         version_policy: str = "latest:1",
+        model_name: str = "",
     ) -> None:
         self.models_dir = models_dir
-        self._default = default_model
+        self.model_name = model_name
+        self._default = default_model or model_name
         self._load = load
         self._policy, self._policies = parse_policies(version_policy)
         self._models: dict[str, dict[int, Model]] = {}  # replaced whole, never changed in place
@@ -69,6 +73,7 @@ class Repository:
         self._failures: dict[tuple[str, int], tuple[Signature, str]] = {}
         self.unloaded: set[str] = set()  # unloaded on request (or at start): not until loaded
         self._disk: dict[str, dict[int, Path]] = {}
+        self._renamed = False  # the disk's one model is served as model_name
         self._lock = threading.Lock()  # one sync at a time (the watcher, load/unload calls)
         self.loaded = False  # requests get UNAVAILABLE until the first sync has finished
 
@@ -96,7 +101,7 @@ class Repository:
         `retry` also retries versions that failed before with the same files.
         """
         with self._lock:
-            self._disk = _scan(self.models_dir)
+            self._disk, self._renamed = scan(self.models_dir, self.model_name)
             models = dict(self._models)
             names = [name] if name else sorted(set(self._disk) | set(models))
             for model_name in names:
@@ -145,7 +150,7 @@ class Repository:
 
     def _try_load(self, name: str, version: int, path: Path, signature: Signature) -> Model | None:
         try:
-            model = self._load(path)
+            model = self._load(path, name=name) if self._renamed else self._load(path)
         except ModelLoadError as exc:
             reason = str(exc)
         except Exception as exc:  # a broken artifact must not stop the others
@@ -162,7 +167,7 @@ class Repository:
 
     def load(self, name: str) -> None:
         """(Re)load `name` from the directory now, retrying failed versions; undoes `unload`."""
-        if not (self.models_dir / name).is_dir():
+        if name not in scan(self.models_dir, self.model_name)[0]:
             raise NotFound(f"no model directory {self.models_dir / name}")
         self.unloaded.discard(name)
         self.sync(name, retry=True)
@@ -208,8 +213,7 @@ class Repository:
 
     def get(self, name: str = "", version: int = 0) -> Model:
         """The model `name` (default if empty) at `version` (latest if 0)."""
-        if not self.loaded:
-            raise Unavailable("the server is still loading its models; retry shortly")
+        self._check_loaded()
         models = self._models  # one snapshot for the whole lookup
         if not name:
             default = self.default_name
@@ -262,7 +266,14 @@ class Repository:
                 )
         return entries
 
+    def _check_loaded(self) -> None:
+        if not self.loaded:
+            raise Unavailable("the server is still loading its models; retry shortly")
+
     def status(self) -> list[ModelStatus]:
+        """The served models (ListModels); UNAVAILABLE until the first sync has finished, not
+        an empty list that a caller would take for the truth."""
+        self._check_loaded()
         default = self.default_name
         statuses = []
         for name, versions in sorted(self._models.items()):
@@ -271,21 +282,6 @@ class Repository:
             listed = tuple(sorted(versions))
             statuses.append(ModelStatus(name, listed, name == default, latest.class_names, origin))
         return statuses
-
-
-def _scan(models_dir: Path) -> dict[str, dict[int, Path]]:
-    """MODELS_DIR/NAME/VERSION directories (hidden names and non-numeric versions skipped)."""
-    if not models_dir.is_dir():
-        return {}
-    found: dict[str, dict[int, Path]] = {}
-    for model_dir in models_dir.iterdir():
-        if model_dir.is_dir() and not model_dir.name.startswith("."):
-            versions = {
-                int(p.name): p for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()
-            }
-            if versions:
-                found[model_dir.name] = versions
-    return found
 
 
 def _signature(path: Path) -> Signature:

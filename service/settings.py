@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     models_dir: Path = Field(
         Path("models"), description="the model repository: MODELS_DIR/NAME/VERSION/"
     )
+    model_name: str = Field(
+        "",
+        description="serve MODELS_DIR as this one model when it holds a model's versions "
+        "(VERSION/) or one version's files, as KServe mounts /mnt/models; a repository "
+        "(NAME/VERSION/) keeps its names",
+    )
     default_model: str = Field(
         "", description="model that answers requests naming none (empty: the only model, if one)"
     )

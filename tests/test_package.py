@@ -17,8 +17,8 @@ PUBLIC = {
         "plan", "publish", "reference", "report", "tf2onnx_ops", "train",
     ],
     "service": [
-        "boundary", "calls", "cpus", "errors", "grpc", "http", "images", "main", "metrics",
-        "model", "policies", "repository", "settings", "tokens", "workers",
+        "boundary", "calls", "cpus", "errors", "grpc", "http", "images", "layouts", "main",
+        "metrics", "model", "policies", "repository", "settings", "tokens", "workers",
     ],
     "client": [
         "AsyncClient", "ClassScore", "Client", "ConvserveError", "ExplainResult",
@@ -36,6 +36,7 @@ MODULES = [
     "service.settings", "service.grpc.auth", "service.boundary", "service.grpc.engine",
     "service.grpc.server", "service.grpc.v1", "service.grpc.v2", "service.responses",
     "service.workers", "service.http.door", "service.http.rest", "service.http.connect",
+    "service.http.explorer", "service.layouts",
     "training.commands", "training.data", "training.errors", "training.export",
     "training.importer", "training.layers", "training.model", "training.onnx_import",
     "training.plan", "training.publish", "training.reference", "training.report",

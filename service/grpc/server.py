@@ -10,7 +10,6 @@ import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -43,16 +42,17 @@ class Server:
     """`port = await server.start()` (models loaded and warm), then `await server.stop(grace)`."""
 
     def __init__(
-        self, settings: Settings, *, load_model: Callable[[Path], Model] | None = None
+        self, settings: Settings, *, load_model: Callable[..., Model] | None = None
     ) -> None:
-        """`load_model(MODELS_DIR/NAME/VERSION)` makes a served model: by default
-        `Model.load` with the settings' ONNX Runtime threads."""
+        """`load_model(MODELS_DIR/NAME/VERSION[, name=SERVED_AS])` makes a served model: by
+        default `Model.load` with the settings' ONNX Runtime threads."""
         self.settings = settings
         self.repository = Repository(
             settings.models_dir,
             settings.default_model,
             load_model or functools.partial(Model.load, threads=settings.onnx_threads),
             settings.version_policy,
+            settings.model_name,
         )
         self.metrics_port: int | None = None
         # A worker pinned to one CPU keeps its event loop there; its inference threads (the

@@ -1,4 +1,5 @@
 """The HTTP door: the Open Inference Protocol's REST API (`rest`) and every unary gRPC method
-as JSON or protobuf over HTTP (`connect`), through the same boundary (`door`)."""
+as JSON or protobuf over HTTP (`connect`), through the same boundary (`door`); and the
+explorer page (`explorer`), a client of both."""
 
-__all__ = ["connect", "door", "rest"]
+__all__ = ["connect", "door", "explorer", "rest"]

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from service.errors import ModelLoadError, NotFound
+from service.errors import ModelLoadError, NotFound, Unavailable
+from service.layouts import problem, scan
 from service.policies import VersionPolicy
 from service.repository import Repository
 
@@ -70,6 +71,38 @@ def test_policy_per_model_and_requests_get_the_latest_served(tmp_path: Path) -> 
     assert repository.get("a").version == 3 and repository.get("a", 2).version == 2
     with pytest.raises(NotFound, match="no version 1; loaded versions: 2, 3"):
         repository.get("a", 1)
+
+
+def test_before_the_first_sync_lists_are_unavailable_not_empty(tmp_path: Path) -> None:
+    publish(tmp_path, "a", 1)
+    repository = Repository(tmp_path, load=Loader())
+    for read in (repository.status, repository.get):
+        with pytest.raises(Unavailable, match="still loading its models"):
+            read()
+    repository.load_all()
+    assert repository.names == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "served", "renamed"),
+    [
+        ({"1/metadata.json": "x", "2/metadata.json": "x"}, {"m": {1, 2}}, True),  # versions
+        ({"a/1/metadata.json": "x", "b/3/x": "x"}, {"a": {1}, "b": {3}}, False),  # repository
+        ({"metadata.json": '{"version": 4}', "model.onnx": "x"}, {"m": {4}}, True),  # a version
+        ({"metadata.json": '{"version": "4"}'}, {}, True),  # a version, unreadable: nothing
+    ],
+)
+def test_the_layouts_a_model_name_serves(
+    tmp_path: Path, layout: dict[str, str], served: dict[str, set[int]], renamed: bool
+) -> None:
+    for relative, text in layout.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    found, as_named = scan(tmp_path, "m")
+    assert {name: set(versions) for name, versions in found.items()} == served
+    assert as_named == renamed
+    assert scan(tmp_path)[1] is False  # without a name: always a repository
+    assert (problem(tmp_path, "m") is None) == bool(served)
 
 
 def test_a_new_version_replaces_the_old_and_a_removed_one_leaves(tmp_path: Path) -> None:
