@@ -329,3 +329,18 @@ def test_a_mount_in_no_layout_is_one_line_and_exit_2(make: Any, said: str, tmp_p
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"convserve serve: error: --models-dir {mount} {said} to serve as ")
     assert "one version's files (metadata.json" in line and "repository (NAME/VERSION/)" in line
+
+
+def test_the_runtime_runs_the_image_deploy_builds_as_its_user() -> None:
+    """The args above are given to `python -m service`: the image's entrypoint is that
+    command, and the runtime names the image and user deploy/ builds and runs elsewhere."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["convserve", "serve"]' in dockerfile
+    assert f"USER {_container()['securityContext']['runAsUser']}:" in dockerfile
+    (k8s,) = [
+        doc for doc in _documents(DEPLOY / "k8s" / "convserve.yaml") if doc["kind"] == "Deployment"
+    ]
+    images = {c["image"] for c in k8s["spec"]["template"]["spec"]["containers"]}
+    assert _container()["image"] in images
+    mounts = {m["mountPath"] for m in _container()["volumeMounts"]}
+    assert _container()["securityContext"]["readOnlyRootFilesystem"] and "/tmp" in mounts
