@@ -292,7 +292,7 @@ def test_the_runtime_args_serve_each_layout_kserve_mounts(
             assert listed == served
             expected = client.predict(test_images.images[:4], model=first).probabilities
         answers = _triton(target, ports["http-port"], first)
-        started = [line for line in log.read_text().splitlines() if "serving" in line]
+        started = [line for line in log.read_text().splitlines() if "server: serving" in line]
         print(f"\n{layout}: convserve serve {' '.join(args)}\n  {started[-1]}")
         for kind in ("grpc", "http"):
             assert answers[kind]["ready"] and answers[kind]["model_name"] == first, kind
