@@ -74,6 +74,7 @@ class Case:
     clients: int
     streams: int  # per client: calls in flight = clients × streams
     requests: int
+    placement: bool = False  # a connection-placement case: its shape is in its name
 
     @property
     def http(self) -> bool:
@@ -82,7 +83,8 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.method} {self.images} img c{self.clients * self.streams}"
+        name = f"{self.method} {self.images} img c{self.clients * self.streams}"
+        return f"{name} {self.clients}x{self.streams}" if self.placement else name
 
 
 CASES = (
@@ -90,6 +92,12 @@ CASES = (
     Case("Predict", 1, *SIXTY_FOUR),
     Case("ModelInfer", 1, *ONE),
     Case("ModelInfer", 1, *SIXTY_FOUR),
+    # 64 in flight over other numbers of connections: SO_REUSEPORT places connections, not
+    # calls, on the workers (one connection reaches one worker).
+    Case("Predict", 1, 16, 4, 30000, placement=True),
+    Case("Predict", 1, 1, 64, 30000, placement=True),
+    Case("ModelInfer", 1, 16, 4, 30000, placement=True),
+    Case("ModelInfer", 1, 1, 64, 30000, placement=True),
     Case("FeatureMap", 1, *ONE),
     Case("FeatureMap", 1, 4, 16, 10000),
     Case("Predict", 64, 2, 4, 3000),
@@ -99,6 +107,19 @@ CASES = (
     Case("REST", 64, 1, 1, 3000),
     Case("REST", 64, 64, 1, 3000),
 )
+
+
+@dataclass(frozen=True)
+class Convserve:
+    """One convserve server of the run."""
+
+    name: str
+    flags: list[str]
+    process: subprocess.Popen[bytes]
+    target: str  # gRPC
+    http: str
+    metrics_port: int
+    to_serving: float  # seconds from start to SERVING
 
 
 @dataclass
@@ -252,7 +273,7 @@ def top_frames(raw: Path, count: int = 12) -> tuple[Frames, Frames]:
 
 def measure(
     case: Case, servers: dict[str, str], request: Request, rounds: int, log: Path,
-    convserve_errors: Callable[[], int],
+    convserve_errors: dict[str, Callable[[], int]],
 ) -> dict[str, Result]:  # fmt: skip
     """Each server's figures for `case` over `rounds` rounds, alternating between the servers
     (so drift hits them alike): a settling run, logged for p50/p99, then the measured run."""
@@ -260,7 +281,7 @@ def measure(
     logged: dict[str, list[Result]] = {name: [] for name in servers}
     for _ in range(rounds):
         for name, address in servers.items():
-            errors = convserve_errors if name == "convserve" else no_errors
+            errors = convserve_errors.get(name, no_errors)
             before = errors()
             logged[name].append(h2load(address, case, request, case.requests // 5, log))
             runs[name].append(h2load(address, case, request, case.requests))
@@ -277,6 +298,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="py-spy convserve in an extra run of the first case: PATH.txt"
     )
+    parser.add_argument(
+        "--versus", action="append", default=[], metavar="FLAGS",
+        help="also measure convserve with these flags instead (e.g. '--event-loop asyncio'), in "
+        "the same rounds: a lever's before and after in one run (repeatable)",
+    )  # fmt: skip
     parser.add_argument("server_args", nargs="*", help="extra `convserve serve` flags, after --")
     args = parser.parse_args()
     for tool in ("h2load", *(["py-spy"] if args.profile else [])):
@@ -293,31 +319,42 @@ def main() -> None:
     if any(case.http for case in cases):
         http, http_noop = start_http_ceiling()
         ceilings.append(http)
-    http_port = free_port()
+    # Each convserve: its name in the table, flags, process, gRPC and HTTP targets, metrics port.
+    convserves: list[Convserve] = []
     try:
-        server, target, metrics_port, to_serving = start_convserve(
-            args.models_dir, args.model, *args.server_args, metrics=True, http_port=http_port
-        )
-    except BaseException:  # convserve did not start (sys.exit): neither do the ceilings stay
-        for process in ceilings:
+        for name, flags in [("convserve", args.server_args)] + [
+            (f"versus {i + 1}", [*args.server_args, *text.split()])
+            for i, text in enumerate(args.versus)
+        ]:
+            http_port = free_port()
+            process, target, metrics_port, to_serving = start_convserve(
+                args.models_dir, args.model, *flags, metrics=True, http_port=http_port
+            )
+            convserves.append(Convserve(name, flags, process, target, f"127.0.0.1:{http_port}",
+                                        metrics_port, to_serving))  # fmt: skip
+    except BaseException:  # convserve did not start (sys.exit): neither do the others stay
+        for process in (*ceilings, *(c.process for c in convserves)):
             stop(process)
         raise
-    http_target = f"127.0.0.1:{http_port}"
+    server, target, http_target = convserves[0].process, convserves[0].target, convserves[0].http
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(tmp) / "h2load.log"
             requests = {case: request_body(case, Path(tmp), args.model) for case in cases}
             for case, sent in requests.items():
-                errors: Callable[[], int]
+                errors: dict[str, Callable[[], int]]
                 if case.http:  # every error is an HTTP status, which h2load counts
-                    servers = {"no-op": http_noop, "convserve": http_target}
-                    errors = no_errors
+                    servers = {"no-op": http_noop} | {c.name: c.http for c in convserves}
+                    errors = {c.name: no_errors for c in convserves}
                 else:
-                    servers = {"no-op": grpc_noop, "convserve": target}
+                    servers = {"no-op": grpc_noop} | {c.name: c.target for c in convserves}
                     if case.method in ("Predict", "ModelInfer"):
                         servers["responses"] = fixed_target
-                    errors = functools.partial(grpc_errors, metrics_port, case.method)
+                    errors = {
+                        c.name: functools.partial(grpc_errors, c.metrics_port, case.method)
+                        for c in convserves
+                    }
                 rows.append((case, measure(case, servers, sent, args.rounds, log, errors)))
             if args.profile and cases:
                 first = cases[0]
@@ -330,20 +367,18 @@ def main() -> None:
                 )
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
                 spy.wait()
-        rss = rss_mb(server.pid)
-        processes = process_rss_mb(server.pid)
+        memory = {
+            c.name: (rss_mb(c.process.pid), process_rss_mb(c.process.pid)) for c in convserves
+        }
     finally:
-        for process in (server, *ceilings):
+        for process in (*(c.process for c in convserves), *ceilings):
             stop(process)
 
     print(f"\n{'case':22s} {'server':9s} {'req/s':>7s} {'img/s':>7s} {'mean ms':>7s} "
           f"{'p50 ms':>7s} {'p99 ms':>7s} {'ratio':>6s} {'errors':>6s}")  # fmt: skip
     for case, results in rows:
         base = results["no-op"]
-        for name in ("no-op", "responses", "convserve"):
-            if name not in results:
-                continue
-            result = results[name]
+        for name, result in results.items():
             if case.clients * case.streams == 1:  # latency-bound: the ratio of mean latencies
                 ratio = result.mean_ms / base.mean_ms
             else:  # throughput-bound: the ratio of request rates
@@ -357,11 +392,13 @@ def main() -> None:
         f"ratio: ÷ the no-op server's (gRPC; HTTP for REST) mean latency at c1, its req/s "
         f"otherwise; median of {args.rounds} rounds; p50/p99 from the logged settling runs"
     )
-    print(
-        f"convserve {' '.join(args.server_args) or '(defaults)'}: start to SERVING "
-        f"{to_serving:.2f} s, RSS after the run {rss:.0f} MB "
-        f"({', '.join(f'{mb:.0f}' for mb in processes)} MB per process)"
-    )
+    for c in convserves:
+        rss, processes = memory[c.name]
+        print(
+            f"{c.name}: convserve serve {' '.join(c.flags) or '(defaults)'}: start to SERVING "
+            f"{c.to_serving:.2f} s, RSS after the run {rss:.0f} MB "
+            f"({', '.join(f'{mb:.0f}' for mb in processes)} MB per process)"
+        )
     if args.profile and cases:
         own, inclusive = top_frames(args.profile)
         print(f"\npy-spy, convserve under {cases[0].name} ({args.profile}):")

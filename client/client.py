@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -377,25 +378,56 @@ class _Base:
         ca_cert: Pem | None = None,
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
+        connections: int = 1,
     ) -> None:
+        if connections < 1:
+            raise ValueError(f"connections {connections}: expected 1 or more")
         credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
         options = _channel_options(max_message_bytes, retries)
-        channel = open_channel(self._grpc, target, credentials, options)
+        if connections > 1:  # a connection each: gRPC otherwise shares one between channels
+            options = [*options, ("grpc.use_local_subchannel_pool", 1)]
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self._channel = channel
-        self._stub = pb_grpc.ConvServeStub(channel)
-        self._health = channel.unary_unary(
-            _HEALTH_CHECK, request_serializer=_health_request, response_deserializer=_health_status
-        )
-        self._load, self._unload = (
-            channel.unary_unary(f"{_REPOSITORY}{method}", request_serializer=_repository_request)
-            for method in ("RepositoryModelLoad", "RepositoryModelUnload")
-        )
+        self._connections = [
+            _Connection(open_channel(self._grpc, target, credentials, options))
+            for _ in range(connections)
+        ]
+        self._next = itertools.cycle(self._connections).__next__  # calls take turns
+
+    @property
+    def _stub(self) -> Any:
+        return self._next().stub
+
+    @property
+    def _health(self) -> Any:
+        return self._next().health
+
+    @property
+    def _load(self) -> Any:
+        return self._next().load
+
+    @property
+    def _unload(self) -> Any:
+        return self._next().unload
 
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
+
+
+class _Connection:
+    """One channel (a connection to one of the server's workers) and its methods."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.stub = pb_grpc.ConvServeStub(channel)
+        self.health = channel.unary_unary(
+            _HEALTH_CHECK, request_serializer=_health_request, response_deserializer=_health_status
+        )
+        self.load, self.unload = (
+            channel.unary_unary(f"{_REPOSITORY}{method}", request_serializer=_repository_request)
+            for method in ("RepositoryModelLoad", "RepositoryModelUnload")
+        )
 
 
 class Client(_Base):
@@ -405,7 +437,9 @@ class Client(_Base):
     retried by gRPC with backoff, and failures raise `client.errors.ConvserveError` subclasses.
     `token` goes with every call as `authorization: Bearer TOKEN`; `tls=True` or `ca_cert`
     (PEM path or bytes; default the system's CAs) connect over TLS, with `client_cert` and
-    `client_key` for mutual TLS.
+    `client_key` for mutual TLS. `connections=N` spreads the calls over N connections in
+    turn: a server's workers each take whole connections, so a client that wants every
+    worker busy opens a few per worker (one connection reaches one worker).
     """
 
     _grpc = grpc
@@ -477,7 +511,8 @@ class Client(_Base):
         self._call(self._unload, name, timeout)
 
     def close(self) -> None:
-        self._channel.close()
+        for connection in self._connections:
+            connection.channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -548,7 +583,8 @@ class AsyncClient(_Base):
         await self._call(self._unload, name, timeout)
 
     async def close(self) -> None:
-        await self._channel.close()
+        for connection in self._connections:
+            await connection.channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,15 @@ def add_serve(parser: argparse.ArgumentParser) -> None:
 
 def _not_installed(args: argparse.Namespace) -> int:
     raise CommandError("the server is not installed: pip install 'convserve[serve]'")
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The `event_loop` setting's loop maker."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 async def serve(settings: Any) -> None:
@@ -142,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         return serve_workers(settings)
     if os.environ.get(WORKER_ENV) != "1":  # (a worker shares its ports)
         check_ports_free(settings)  # before gRPC logs its own error
-    asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings))
     return 0
 
 

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
         "they return, one metrics port, a worker that dies is replaced); default one per CPU "
         "available to the process (CPU affinity and cgroup quota), --workers N overrides",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="each worker's event loop: uvloop (libuv's, the faster: see "
+        "docs/performance.md) or Python's own asyncio loop",
+    )
     cpu_affinity: bool = Field(
         True,
         description="with one worker per CPU of the process's affinity, pin worker i's event "

@@ -125,8 +125,9 @@ def serving(settings: Any, load_model: Any = None) -> Iterator[RunningServer]:
     """A real `Server` with `settings` (and `load_model`, see `Server`), on its own event loop
     in a thread, until the block ends."""
     from service.grpc.server import Server
+    from service.main import loop_factory
 
-    loop = asyncio.new_event_loop()
+    loop = loop_factory(settings.event_loop)()  # the loop `convserve serve` would run
     thread = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
     thread.start()
     instance = Server(settings, load_model=load_model)

@@ -335,3 +335,20 @@ def test_the_start_line_names_the_explorer_page_and_every_worker_serves_it(
     assert len(starts) == 1 and f"the explorer page: {address}" in starts[0], starts
     for _ in range(20):  # fresh connections, so every worker answers some
         assert "<title>convserve explorer</title>" in http_get(address)
+
+
+def test_a_client_with_several_connections_reaches_every_worker(served: Served) -> None:
+    """One connection reaches one worker (SO_REUSEPORT places connections); `connections=`
+    spreads a client's calls over several, so every worker answers some."""
+    before = served.pids_answering("Predict")
+    with Client(served.target, connections=1) as client:
+        for _ in range(30):
+            client.predict(np.zeros((1, 28, 28), np.uint8))
+    one = served.pids_answering("Predict") - before
+    assert len(one) == 1 and sum(one.values()) == 30
+    before = served.pids_answering("Predict")
+    with Client(served.target, connections=16 * WORKERS) as client:  # all miss one: ~4e-8
+        for _ in range(32 * WORKERS):
+            client.predict(np.zeros((1, 28, 28), np.uint8))
+    spread = served.pids_answering("Predict") - before
+    assert set(spread) == set(served.workers()), spread
