@@ -259,6 +259,8 @@ def top_frames(raw: Path, count: int = 12) -> tuple[Frames, Frames]:
     inclusive: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():  # a line cut short when py-spy was stopped
+            continue
         frames = stack.split(";")[2:]  # not the process and thread
         own[frames[-1].split(" (")[0] if frames else "(idle)"] += int(samples)
         for frame in {frame for frame in frames if OURS.search(frame)}:
