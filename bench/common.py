@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 import re
 import socket
 import struct
@@ -13,6 +14,8 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from client import Client
 from client.errors import ConvserveError
@@ -143,6 +146,26 @@ def start_http_ceiling() -> tuple[subprocess.Popen[bytes], str]:
     if not process.stdout.readline():  # "http ceiling serving on ..."
         sys.exit(f"bench/http_ceiling.py exited with {process.wait()}")
     return process, f"127.0.0.1:{port}"
+
+
+def start_pyvoy(models_dir: Path, model: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The pyvoy prototype (`bench/pyvoy_front.py`) on loopback, once it answers Predict."""
+    port = free_port()
+    env = {**os.environ, "CONVSERVE_MODELS_DIR": str(models_dir.resolve()),
+           "CONVSERVE_DEFAULT_MODEL": model, "CONVSERVE_METRICS_PORT": "-1"}  # fmt: skip
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "pyvoy"), "bench.pyvoy_front", "--port", str(port),
+         "--loop", "uvloop", "--log-level", "error"],
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+    target = f"127.0.0.1:{port}"
+
+    def answers() -> bool:
+        with Client(target, timeout=1, retries=0) as client:
+            return bool(client.predict(np.zeros((1, 28, 28), np.uint8)).top)
+
+    _poll(answers, process)
+    return process, target
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

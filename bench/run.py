@@ -48,6 +48,7 @@ from common import (
     start_ceiling,
     start_convserve,
     start_http_ceiling,
+    start_pyvoy,
     stop,
 )
 from google.protobuf.message import Message
@@ -305,6 +306,10 @@ def main() -> None:
         help="also measure convserve with these flags instead (e.g. '--event-loop asyncio'), in "
         "the same rounds: a lever's before and after in one run (repeatable)",
     )  # fmt: skip
+    parser.add_argument(
+        "--pyvoy", action="store_true",
+        help="also measure the pyvoy prototype (bench/pyvoy_front.py) on Predict and ModelInfer",
+    )  # fmt: skip
     parser.add_argument("server_args", nargs="*", help="extra `convserve serve` flags, after --")
     args = parser.parse_args()
     for tool in ("h2load", *(["py-spy"] if args.profile else [])):
@@ -338,6 +343,9 @@ def main() -> None:
         for process in (*ceilings, *(c.process for c in convserves)):
             stop(process)
         raise
+    if args.pyvoy:
+        pyvoy, pyvoy_target = start_pyvoy(args.models_dir, args.model)
+        ceilings.append(pyvoy)
     server, target, http_target = convserves[0].process, convserves[0].target, convserves[0].http
     rows = []
     try:
@@ -353,6 +361,8 @@ def main() -> None:
                     servers = {"no-op": grpc_noop} | {c.name: c.target for c in convserves}
                     if case.method in ("Predict", "ModelInfer"):
                         servers["responses"] = fixed_target
+                        if args.pyvoy:
+                            servers["pyvoy"] = pyvoy_target
                     errors = {
                         c.name: functools.partial(grpc_errors, c.metrics_port, case.method)
                         for c in convserves
