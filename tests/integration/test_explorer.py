@@ -68,6 +68,14 @@ def look(page: Page, model: str, image: bytes) -> Any:
     return page.wait_analysed()
 
 
+def wait_for_legend(page: Page, pane: Any, start: str) -> None:
+    """Until the feature maps' colour scale is labelled `start`…: the chosen maps are drawn."""
+    page.page.wait_for_function(
+        "([p, start]) => p.querySelector('.map-legend').textContent.startsWith(start)",
+        arg=[pane.element_handle(), start],
+    )
+
+
 def probabilities(pane: Any) -> dict[str, float]:
     rows = pane.locator(".bars li")
     return {
@@ -159,10 +167,7 @@ def test_feature_maps_one_picture_per_channel_on_a_shared_scale(
         info = client.metadata(model="layers")
         for layer in [layer.name for layer in info.layers if len(layer.output_shape) == 3]:
             pane.locator(".layer-select").select_option(layer)
-            page.page.wait_for_function(
-                "([p, name]) => p.querySelector('.map-legend').textContent.startsWith(name)",
-                arg=[pane.element_handle(), f"{layer},"],
-            )
+            wait_for_legend(page, pane, f"{layer},")
             maps = client.feature_map(image[None], model="layers", layer=layer).activations[0]
             canvases = pane.locator(".channels canvas")
             assert canvases.count() == maps.shape[-1], layer
@@ -180,10 +185,7 @@ def test_feature_maps_one_picture_per_channel_on_a_shared_scale(
     # The pre-activation switch: the convolution before its activation, with negative values.
     pane.locator(".layer-select").select_option(info.layers[0].name)
     pane.locator(".pre").check()
-    page.page.wait_for_function(
-        "([p, text]) => p.querySelector('.map-legend').textContent.startsWith(text)",
-        arg=[pane.element_handle(), f"{info.layers[0].name}, before the activation"],
-    )
+    wait_for_legend(page, pane, f"{info.layers[0].name}, before the activation")
     assert float(pane.locator(".map-legend .ticks span").first.inner_text()) < 0
 
 
