@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import statistics
 import time
+import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ async def main() -> None:
     server.repository.load_all()
     model = server.repository.get(args.model)
     answer = model.predict(np.zeros((1, *model.input_shape), np.float32))
-    model.predict = lambda pixels: answer  # type: ignore[method-assign]
+    # A bound method, as the engine holds it (weakly).
+    model.predict = types.MethodType(lambda self, pixels: answer, model)  # type: ignore[method-assign]
     for api, (call, request) in calls(server, args.model).items():
         if api in args.api.split(","):
             timings = await measure(call, request, args.calls, args.rounds)
