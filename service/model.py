@@ -127,6 +127,10 @@ class Model:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Pool threads that spin while they wait take the CPU the event loop and the other
+        # workers need: with --onnx-threads 2, 64-image Predicts ran at 0.09 of the no-op
+        # server with spinning on (measured: see docs/performance.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = artifact.ONNX_LOG_ERRORS_ONLY
         sessions = {}
         for file in (ONNX_FILE, FEATURES_FILE, EXPLAIN_FILE):
