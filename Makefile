@@ -95,7 +95,7 @@ proto: install
 	find $(PB_DIR) -type d -exec touch {}/__init__.py \;
 
 # Performance against the no-op gRPC ceiling (numbers, not tests); needs h2load and a model.
-BENCH_APT_PACKAGES := nghttp2-client
+BENCH_APT_PACKAGES := nghttp2-client linux-perf
 bench: install
 	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(BENCH_APT_PACKAGES)"
 	@ls -d $(MODELS_DIR)/$(MODEL)/[0-9]* >/dev/null 2>&1 || \

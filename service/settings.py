@@ -103,11 +103,12 @@ class Settings(BaseSettings):
         description="most images the batcher puts in one batch (a larger request runs alone); "
         "64 served 64-image requests as fast as 256 with 60 MB less per worker (measured)",
     )
-    inline_max_images: int = Field(
-        32,
+    inline_max_ms: float = Field(
+        2.0,
         ge=0,
-        description="Predict batches and feature maps of up to this many images run on the "
-        "event loop, not a thread",
+        description="Predict batches and feature maps that the model's warm-up timing says "
+        "take at most this long run on the event loop, not a thread (0: never); for the seed "
+        "model every batch: measured faster (see docs/performance.md)",
     )
     max_batch_delay_ms: float = Field(
         0.0, ge=0, description="how long a partial batch may wait for more requests (0: never)"

@@ -35,8 +35,9 @@ Images = np.ndarray | Sequence[bytes]
 
 
 class Engine:
-    """Computation runs in `executor`'s threads; Predict batches and feature maps of at most
-    `inline_max_images` images run inline on the event loop (see `service.batching`)."""
+    """Computation runs in `executor`'s threads; Predict batches and feature maps that the
+    model's warm-up timing says take at most `inline_max_ms` run inline on the event loop
+    (see `service.batching`)."""
 
     def __init__(self, repository: Repository, executor: Executor, settings: Settings) -> None:
         self.repository = repository
@@ -76,7 +77,7 @@ class Engine:
         shape = model.feature_shape(layer, pre_activation)
         floats = math.prod(shape) * (1 + pre_activation)
         self._check_fits(f"the {layer} feature maps {list(shape)}", pixels, floats)
-        if len(pixels) <= self.settings.inline_max_images:  # as Predict's small batches:
+        if len(pixels) <= self.inline_images(model):  # as Predict's small batches:
             return model.feature_map(pixels, layer, pre_activation)  # no hop
         return await self._run(model.feature_map, pixels, layer, pre_activation)
 
@@ -114,13 +115,19 @@ class Engine:
             max_batch_size=settings.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
             max_concurrent_batches=settings.inference_threads,
-            inline_max_images=settings.inline_max_images,
+            inline_max_images=self.inline_images(model),
             max_queued=settings.max_queued_requests,
             name=f"model {model.name!r} version {model.version}",
             observe_batch=observe_batch,
             observe_wait=metrics.QUEUE_WAIT.labels(model.name).observe,
             observe_drop=lambda reason: metrics.DROPPED.labels(name, reason).inc(),
         )
+
+    def inline_images(self, model: Model) -> int:
+        """The most images of `model` that run inline on the event loop: as many as its
+        warm-up timing (`Model.seconds_per_image`) fits in `inline_max_ms`, at most a batch."""
+        fit = self.settings.inline_max_ms / 1e3 / model.seconds_per_image
+        return min(self.settings.max_batch_size, int(fit))
 
     def _check_fits(self, what: str, pixels: np.ndarray, floats_per_image: int) -> None:
         """Refuse up front an answer of float32s that could not fit in one message."""

@@ -34,7 +34,7 @@ def _settings(models_dir: Path, **limits: Any) -> Any:
 
     return Settings(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
                     models_dir=models_dir, default_model="fashion", inference_threads=1,
-                    inline_max_images=0, **limits)  # fmt: skip
+                    inline_max_ms=0, **limits)  # fmt: skip
 
 
 def _gated() -> Any:

@@ -22,6 +22,7 @@ async def test_feature_maps_too_big_for_one_message_are_refused_before_computing
     model = SimpleNamespace(
         feature_shape=lambda layer, pre_activation: (26, 26, 10),
         feature_map=lambda pixels, layer, pre_activation: computed.append(len(pixels)),
+        seconds_per_image=1e-5,
     )
     pixels = np.zeros((30, 28, 28, 1), np.float32)
     with ThreadPoolExecutor(1) as executor:
