@@ -42,3 +42,19 @@ def test_requests_before_the_models_are_loaded_are_unavailable(tmp_path: Path) -
         repository.get("fashion")
     repository.load_all()
     assert repository.loaded and repository.names == []
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_image", "inline_max_ms", "inline"),
+    [(1e-5, 2.0, 64), (1e-3, 2.0, 2), (0.05, 2.0, 0), (1e-5, 0.0, 0)],
+)
+def test_batches_run_on_the_event_loop_only_as_long_as_the_model_is_quick(
+    tmp_path: Path, seconds_per_image: float, inline_max_ms: float, inline: int
+) -> None:
+    """A model that takes 10 µs an image answers a full batch inline; one that takes 50 ms
+    never holds the event loop (nor does any with --inline-max-ms 0)."""
+    model = SimpleNamespace(seconds_per_image=seconds_per_image)
+    settings = Settings(models_dir=tmp_path, inline_max_ms=inline_max_ms, max_batch_size=64)
+    with ThreadPoolExecutor(1) as executor:
+        engine = Engine(Repository(tmp_path), executor, settings)
+        assert engine.inline_images(model) == inline  # type: ignore[arg-type]
