@@ -4,7 +4,7 @@
                                        [--api v1,v2] [--calls 20000] [--rounds 15]
 
 Each call runs the request path as the server does (servicer → engine → batcher → the
-servicer's encoder) on a one-image uint8 request, with the model's ONNX Runtime call replaced
+servicer's encoder) on a uint8 request (one image, or `--images`), with the model's ONNX Runtime call replaced
 by a fixed answer: what is left is convserve's Python per call. Prints µs per call (min and
 median over the rounds) per API. Numbers, not a test: run it on two checkouts to compare a
 change of the request path.
@@ -39,10 +39,10 @@ from service.settings import Settings
 Call = Callable[[Any, Any], Awaitable[Any]]
 
 
-def calls(server: Server, model: str) -> dict[str, tuple[Call, Any]]:
-    """Each API's method and a one-image request for it."""
+def calls(server: Server, model: str, images: int = 1) -> dict[str, tuple[Call, Any]]:
+    """Each API's method and a request of `images` images for it."""
     served = server.repository.get(model)
-    image = np.zeros((1, *served.input_shape), np.uint8)
+    image = np.zeros((images, *served.input_shape), np.uint8)
     infer = v2.ModelInferRequest(model_name=model)
     infer.inputs.add(name=served.input_name, datatype="UINT8", shape=image.shape)
     infer.raw_input_contents.append(image.tobytes())
@@ -78,6 +78,7 @@ async def main() -> None:
     parser.add_argument("--api", default="v1,v2", help="which APIs: v1, v2 or both")
     parser.add_argument("--calls", type=int, default=20000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--images", type=int, default=1, help="images per request")
     args = parser.parse_args()
     settings = Settings.model_validate(
         {"models_dir": args.models_dir, "default_model": args.model, "metrics_port": -1}
@@ -85,10 +86,10 @@ async def main() -> None:
     server = Server(settings)
     server.repository.load_all()
     model = server.repository.get(args.model)
-    answer = model.predict(np.zeros((1, *model.input_shape), np.float32))
+    answer = model.predict(np.zeros((args.images, *model.input_shape), np.float32))
     # A bound method, as the engine holds it (weakly).
     model.predict = types.MethodType(lambda self, pixels: answer, model)  # type: ignore[method-assign]
-    for api, (call, request) in calls(server, args.model).items():
+    for api, (call, request) in calls(server, args.model, args.images).items():
         if api in args.api.split(","):
             timings = await measure(call, request, args.calls, args.rounds)
             median = statistics.median(timings)
