@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/servicer.py [--models-dir models] [--model fashion]
                                        [--api v1,v2] [--calls 20000] [--rounds 15]
+                                       [--images 1]
 
 Each call runs the request path as the server does (servicer → engine → batcher → the
-servicer's encoder) on a uint8 request (one image, or `--images`), with the model's ONNX Runtime call replaced
-by a fixed answer: what is left is convserve's Python per call. Prints µs per call (min and
-median over the rounds) per API. Numbers, not a test: run it on two checkouts to compare a
-change of the request path.
+servicer's encoder) on a uint8 request of one image (or `--images`), with the model's ONNX
+Runtime call replaced by a fixed answer: what is left is convserve's Python per call. Prints
+µs per call (min and median over the rounds) per API. Numbers, not a test: run it on two
+checkouts to compare a change of the request path.
 
 Time on a shared machine moves with its neighbours; instructions do not. For a count, run
 it under callgrind at two sizes and divide the difference by the difference in calls:
