@@ -27,7 +27,7 @@ def plain(probabilities: np.ndarray, top_k: int, names: tuple[str, ...]) -> pb.P
     )
 
 
-@pytest.mark.parametrize(("images", "top_k"), [(1, 3), (5, 1), (64, 3), (3, 99)])
+@pytest.mark.parametrize(("images", "top_k"), [(1, 3), (5, 1), (64, 3), (3, 99), (64, 99)])
 def test_encoder_equals_plain_construction(images: int, top_k: int) -> None:
     rng = np.random.default_rng(images)
     probabilities = rng.dirichlet(np.ones(len(NAMES)), size=images).astype(np.float32)
