@@ -35,21 +35,27 @@ def rss_mb(pid: int) -> float:
     return sum(process_rss_mb(pid))
 
 
-def process_rss_mb(pid: int) -> list[float]:
-    """Resident memory of a process, then of each of its descendants."""
-    sizes = [
-        int(line.split()[1]) / 1024
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("VmRSS:")
-    ]
+def process_tree(pid: int) -> list[int]:
+    """A process, then each of its descendants (the workers of --workers N)."""
+    found = [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             children = (task / "children").read_text().split()
         except FileNotFoundError:  # the thread ended meanwhile
             continue
         for child in children:
-            sizes += process_rss_mb(int(child))
-    return sizes
+            found += process_tree(int(child))
+    return found
+
+
+def process_rss_mb(pid: int) -> list[float]:
+    """Resident memory of a process, then of each of its descendants."""
+    return [
+        int(line.split()[1]) / 1024
+        for process in process_tree(pid)
+        for line in Path(f"/proc/{process}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    ]
 
 
 def answers_by_code(metrics_port: int, method: str) -> collections.Counter[str]:

@@ -24,29 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import start_ceiling, start_convserve, stop
+from common import process_tree, start_ceiling, start_convserve, stop
 from run import CASES, h2load, request_body
 
 PERF_HZ = 2000
 
 
-def processes(pid: int) -> list[int]:
-    """`pid` and its descendants."""
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-        for child in children:
-            found += processes(int(child))
-    return found
-
-
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time of `pid`'s process tree so far (every thread)."""
     ticks = 0
-    for process in processes(pid):
+    for process in process_tree(pid):
         fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
@@ -99,7 +86,7 @@ def main() -> None:
                     costs[name].append((cpu_seconds(process.pid) - before) / args.requests)
             for name, (process, target) in servers.items() if args.perf else ():
                 output = Path(tmp) / f"{name}.perf"
-                pids = ",".join(map(str, processes(process.pid)))
+                pids = ",".join(map(str, process_tree(process.pid)))
                 perf = subprocess.Popen(
                     ["perf", "record", "-F", str(PERF_HZ), "-o", str(output), "-p", pids],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
