@@ -395,7 +395,7 @@ class Supervisor:
 
     def _log_serving(self) -> None:
         settings = self.settings
-        from service.http import explorer
+        from service.http.announce import announcement
 
         http = f", HTTP on port {settings.http_port}" if settings.http_port > 0 else ""
         log.info(
@@ -403,7 +403,7 @@ class Supervisor:
             settings.workers,
             settings.port,
             http,
-            explorer.announcement(settings, settings.http_port if settings.http_port > 0 else None),
+            announcement(settings, settings.http_port if settings.http_port > 0 else None),
         )
 
     # -- control calls, one at a time, in one order ------------------------------------------

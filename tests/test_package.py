@@ -36,7 +36,7 @@ MODULES = [
     "service.settings", "service.grpc.auth", "service.boundary", "service.grpc.engine",
     "service.grpc.server", "service.grpc.v1", "service.grpc.v2", "service.responses",
     "service.workers", "service.http.door", "service.http.rest", "service.http.connect",
-    "service.http.explorer", "service.layouts",
+    "service.http.explorer", "service.http.announce", "service.layouts",
     "training.commands", "training.data", "training.errors", "training.export",
     "training.importer", "training.layers", "training.model", "training.onnx_import",
     "training.plan", "training.publish", "training.reference", "training.report",

@@ -24,6 +24,7 @@ from service.errors import ServiceError, status
 from service.grpc import v1, v2
 from service.grpc.auth import TokenAuth
 from service.grpc.engine import Engine
+from service.http.announce import announcement
 from service.model import Model
 from service.repository import Repository
 from service.settings import WORKER_ENV, Settings
@@ -105,8 +106,6 @@ class Server:
         metrics.WORKERS.set(1)
         if self._link is not None:
             await self._link.serving(self._apply)
-        from service.http import explorer
-
         log.info(
             "serving %s on %s (gRPC port %d%s) after %.2f s%s%s",
             ", ".join(self.repository.names) or "no models",
@@ -115,7 +114,7 @@ class Server:
             f", HTTP port {self.http_port}" if self.http_port else "",
             time.perf_counter() - started,
             f"; metrics on port {self.metrics_port}" if self.metrics_port else "",
-            "" if self._link else explorer.announcement(self.settings, self.http_port),
+            "" if self._link else announcement(self.settings, self.http_port),
         )
         return port
 

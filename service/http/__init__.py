@@ -2,4 +2,4 @@
 as JSON or protobuf over HTTP (`connect`), through the same boundary (`door`); and the
 explorer page (`explorer`), a client of both."""
 
-__all__ = ["connect", "door", "explorer", "rest"]
+__all__ = ["announce", "connect", "door", "explorer", "rest"]

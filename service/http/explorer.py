@@ -10,9 +10,8 @@ from pathlib import Path
 from aiohttp import web
 
 from service.http.door import Door
-from service.settings import Settings
 
-__all__ = ["PAGE", "add_routes", "announcement"]
+__all__ = ["PAGE", "add_routes"]
 
 PAGE = Path(__file__).with_name("page")
 
@@ -47,20 +46,6 @@ def add_routes(door: Door) -> None:
 
     door.app.router.add_get("/", index)
     door.app.router.add_get("/explorer/{name}", file)
-
-
-def announcement(settings: Settings, port: int | None) -> str:
-    """'; the explorer page: http://localhost:8080/' for the start-up log line, when the page
-    is served on `port`."""
-    if not settings.explorer or not port:
-        return ""
-    host = settings.host
-    if host in ("", "0.0.0.0", "::"):
-        host = "localhost"
-    elif ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if settings.tls_cert else "http"
-    return f"; the explorer page: {scheme}://{host}:{port}/"
 
 
 def _file(path: Path) -> web.FileResponse:

@@ -335,6 +335,9 @@ def test_the_start_line_names_the_explorer_page_and_every_worker_serves_it(
     assert len(starts) == 1 and f"the explorer page: {address}" in starts[0], starts
     for _ in range(20):  # fresh connections, so every worker answers some
         assert "<title>convserve explorer</title>" in http_get(address)
+    # The supervisor serves neither door: it keeps none of the workers' libraries in memory.
+    libraries = Path(f"/proc/{served.process.pid}/maps").read_text()
+    assert not [name for name in ("cygrpc", "aiohttp", "onnxruntime") if name in libraries]
 
 
 def test_a_client_with_several_connections_reaches_every_worker(served: Served) -> None:
